@@ -1,0 +1,124 @@
+//! The [`Broker`] trait and the types it speaks.
+//!
+//! Engines are async and fallible because the real one (Redis) is remote: callers
+//! must expect [`BrokerError::Unavailable`] and map it to a temporary protocol error.
+//! Inbound events (publications, joins, leaves) are pushed to one registered
+//! [`BrokerHandler`]; the handler must not block (it enqueues and returns).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+pub use shared::protocol::{ClientInfo, Publication, StreamPosition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The backing store cannot be reached right now; retrying later may work.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The engine was used wrongly or returned something it should not have.
+    #[error("broker internal error: {0}")]
+    Internal(String),
+}
+
+/// A room's history settings, taken from its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Most publications kept.
+    pub size: usize,
+    /// How long the stream lives after its last publication.
+    pub ttl: Duration,
+    /// How long the stream's position (offset, epoch) outlives its publications, so
+    /// that a late client learns that recovery is impossible instead of silently
+    /// starting a new epoch.
+    pub meta_ttl: Duration,
+}
+
+/// Which part of a room's history to read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Publications after this offset (before it with `reverse`). When its epoch is
+    /// non-empty and differs from the stream's, no publications are returned and the
+    /// caller sees the mismatch in [`HistoryPage::position`].
+    pub since: Option<StreamPosition>,
+    /// At most this many publications; `None` for all, `Some(0)` for only the position.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// Publications read from history, with the stream's current top position.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub publications: Vec<Arc<Publication>>,
+    pub position: StreamPosition,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PresenceStats {
+    pub num_clients: u32,
+    pub num_users: u32,
+}
+
+/// Receives what the broker delivers to this node. Called from the broker's delivery
+/// path: it must only enqueue, never block or await.
+pub trait BrokerHandler: Send + Sync + 'static {
+    /// A publication in `room`, in offset order per room. `epoch` is the stream's
+    /// epoch (empty when the room keeps no history).
+    fn on_publication(&self, room: &str, publication: &Arc<Publication>, epoch: &str);
+    fn on_join(&self, room: &str, info: &ClientInfo);
+    fn on_leave(&self, room: &str, info: &ClientInfo);
+}
+
+/// What a node needs from the system that connects it to its peers.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Register where inbound events go. Called once, before any other method.
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>);
+
+    /// Start receiving `room`'s events on this node. Idempotent: resolves once the
+    /// subscription is active, so a caller may read history afterwards without a gap.
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError>;
+
+    /// Stop receiving `room`'s events on this node.
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError>;
+
+    /// Publish to every node subscribed to `room`. With `history`, the publication is
+    /// appended to the room's stream and gets the next offset; the returned position
+    /// is that offset and the stream's epoch. Without, the position is zero.
+    async fn publish(
+        &self,
+        room: &str,
+        publication: Publication,
+        history: Option<HistoryOptions>,
+    ) -> Result<StreamPosition, BrokerError>;
+
+    /// Announce that `info` joined `room` (delivered as `on_join` to every node).
+    async fn publish_join(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Announce that `info` left `room`.
+    async fn publish_leave(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError>;
+
+    /// Read `room`'s history. A room that never had publications gets a stream
+    /// position (offset 0 and a fresh epoch) that later publications keep.
+    async fn history(
+        &self,
+        room: &str,
+        query: HistoryQuery,
+        meta_ttl: Duration,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// Drop `room`'s publications (the position and epoch stay).
+    async fn remove_history(&self, room: &str) -> Result<(), BrokerError>;
+
+    /// Record that connection `info.client` is in `room`.
+    async fn presence_add(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError>;
+
+    async fn presence_remove(&self, room: &str, client: &str) -> Result<(), BrokerError>;
+
+    /// Every connection in `room`, by client id.
+    async fn presence(&self, room: &str) -> Result<HashMap<String, ClientInfo>, BrokerError>;
+
+    async fn presence_stats(&self, room: &str) -> Result<PresenceStats, BrokerError>;
+}

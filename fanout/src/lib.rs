@@ -1,0 +1,15 @@
+//! The broker seam between gateway nodes and whatever carries publications between
+//! them. Knows nothing of WebSockets.
+//!
+//! - [`broker`]: the [`Broker`] trait (publish with optional history, per-room
+//!   subscribe/unsubscribe, history reads, presence, join/leave) and the
+//!   [`BrokerHandler`] through which inbound events reach the node's hub.
+//! - [`memory`]: the in-memory engine, a complete implementation for ONE node.
+
+pub mod broker;
+pub mod memory;
+
+pub use broker::{
+    Broker, BrokerError, BrokerHandler, HistoryOptions, HistoryPage, HistoryQuery, PresenceStats,
+};
+pub use memory::MemoryBroker;
