@@ -1,1 +1,24 @@
+//! A gateway node: terminates client WebSockets speaking the Centrifugo client
+//! protocol v2 (JSON) and relays rooms through a [`fanout::Broker`].
+//!
+//! - [`config`]: the node's configuration (TOML file, environment overrides).
+//! - [`node`]: shared state of one node: broker, hub, verifier, shutdown.
+//! - [`server`]: the HTTP server, WebSocket upgrade, health endpoints, drain.
+//! - [`ws`]: the reader and writer tasks of one WebSocket.
+//! - [`conn`]: one connection's session and its commands.
+//! - [`hub`]: rooms to local subscribers; where broker events fan out.
+//! - [`outbound`]: a connection's bounded outbound queue.
+//! - [`metrics`]: node counters.
 
+pub mod config;
+pub mod conn;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod outbound;
+pub mod server;
+pub mod ws;
+
+pub use config::Config;
+pub use node::Node;
+pub use server::run;

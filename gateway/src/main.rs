@@ -1,0 +1,158 @@
+//! `gateway`: run a node (the default command) or mint tokens.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::{Config, Node};
+use rand::distr::{Alphanumeric, SampleString};
+use shared::auth::{mint_hs256, unix_now, MintClaims};
+use shared::protocol::raw_from_slice;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "WebSocket chat gateway (Centrifugo client protocol v2)"
+)]
+struct Cli {
+    /// TOML configuration file; environment variables override it.
+    #[arg(long, env = "GATEWAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway node (the default).
+    Serve,
+    /// Print a connection JWT, or a subscription JWT with --channel, signed with the
+    /// configured HMAC secret.
+    Token {
+        /// User id (`sub` claim).
+        #[arg(long)]
+        user: String,
+        /// Lifetime, e.g. 1h or 30m; without it the token does not expire.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// JSON for the `info` claim, shown to other clients, e.g. '{"name":"Ann"}'.
+        #[arg(long)]
+        info: Option<String>,
+        /// Make a subscription token for this channel.
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// Check the configuration and exit.
+    CheckConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::CheckConfig => {
+            println!("configuration is valid");
+            Ok(())
+        }
+        Command::Token {
+            user,
+            ttl,
+            info,
+            channel,
+        } => {
+            let secret = config.token.hmac_secret.take().context(
+                "no HMAC secret configured: set GATEWAY_TOKEN_HMAC_SECRET or token.hmac_secret",
+            )?;
+            let info = info
+                .map(|i| raw_from_slice(i.as_bytes()).context("--info must be JSON"))
+                .transpose()?;
+            let claims = MintClaims {
+                sub: user,
+                exp: ttl.map(|t| unix_now() + t.as_secs()),
+                info,
+                channel,
+                ..Default::default()
+            };
+            println!("{}", mint_hs256(&secret, &claims));
+            Ok(())
+        }
+    }
+}
+
+fn serve(mut config: Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?,
+        )
+        .init();
+    let generated = if config.token.has_key() {
+        None
+    } else {
+        let secret = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        config.token.hmac_secret = Some(secret.clone());
+        Some(secret)
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+        let local = listener.local_addr()?;
+        let broker = fanout::MemoryBroker::new();
+        tracing::info!(node = %config.node_name, engine = "memory", "single node on the in-memory broker");
+        let node: Arc<Node> = Node::new(config, broker)?;
+        tracing::info!("clients connect to ws://{local}{}", gateway::server::WEBSOCKET_PATH);
+        if let Some(secret) = generated {
+            tracing::warn!(
+                "no token key configured: generated a random HMAC secret for this run. \
+                 FOR DEVELOPMENT ONLY; set GATEWAY_TOKEN_HMAC_SECRET in production"
+            );
+            tracing::info!("GATEWAY_TOKEN_HMAC_SECRET={secret}");
+            let demo = mint_hs256(
+                &secret,
+                &MintClaims {
+                    sub: "demo".into(),
+                    exp: Some(unix_now() + 24 * 3600),
+                    ..Default::default()
+                },
+            );
+            tracing::info!("connection token for user \"demo\" (24h): {demo}");
+        }
+        gateway::run(listener, node, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

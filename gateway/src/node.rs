@@ -1,0 +1,83 @@
+//! One gateway node's shared state: configuration, broker, hub, token verifier,
+//! counters, and the shutdown signal every connection watches.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fanout::Broker;
+use shared::auth::Verifier;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// How long a room stays subscribed at the broker after its last local member left,
+/// so that members hopping in and out do not thrash the broker with SUBSCRIBE and
+/// UNSUBSCRIBE.
+pub const ROOM_UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
+
+pub struct Node {
+    pub config: Config,
+    pub broker: Arc<dyn Broker>,
+    pub hub: Arc<Hub>,
+    pub verifier: Verifier,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the node starts shutting down: connections close with 3001.
+    pub shutdown: CancellationToken,
+    /// Every connection task and background loop, awaited on shutdown.
+    pub tasks: TaskTracker,
+    pub started: Instant,
+    ready: AtomicBool,
+}
+
+impl Node {
+    /// Build a node on `broker` and start its background loops.
+    pub fn new(config: Config, broker: Arc<dyn Broker>) -> anyhow::Result<Arc<Node>> {
+        config.validate()?;
+        let verifier = Verifier::new(&config.token.key_config())?;
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        broker.set_handler(hub.clone());
+        let node = Arc::new(Node {
+            config,
+            broker,
+            hub,
+            verifier,
+            metrics,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            started: Instant::now(),
+            ready: AtomicBool::new(true),
+        });
+        node.tasks.spawn(unsubscribe_idle_rooms(node.clone()));
+        Ok(node)
+    }
+
+    /// Whether the node takes new clients (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// Unsubscribe at the broker the rooms that stayed empty for the delay.
+async fn unsubscribe_idle_rooms(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(ROOM_UNSUBSCRIBE_DELAY / 2);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+        for room in node.hub.take_idle_rooms(ROOM_UNSUBSCRIBE_DELAY) {
+            if let Err(e) = node.broker.unsubscribe(&room).await {
+                tracing::warn!(room = %room, error = %e, "broker unsubscribe failed");
+            }
+        }
+    }
+}

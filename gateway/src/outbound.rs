@@ -1,0 +1,139 @@
+//! A connection's bounded outbound queue. Producers (the hub, the reader, timers)
+//! enqueue without blocking; the writer task drains everything queued on each wake.
+//! The budget is in bytes: a client whose queue passes it is closed with 3008 and
+//! its queue dropped, so one slow socket never slows a room.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use shared::codes::{DisconnectCode, UnsubscribeCode, DISCONNECT_SLOW};
+use tokio::sync::Notify;
+
+use crate::hub::Subscriber;
+use crate::metrics::Metrics;
+
+/// Something for the writer to do, in order.
+pub enum Item {
+    /// One encoded reply or push.
+    Data(Bytes),
+    /// A WebSocket pong answering the client's ping frame.
+    Pong(Bytes),
+    /// End this subscription on the server's initiative (then push `unsubscribe`).
+    Unsubscribe(Arc<Subscriber>, UnsubscribeCode),
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Item>,
+    bytes: usize,
+    close: Option<DisconnectCode>,
+}
+
+pub struct Outbound {
+    state: Mutex<State>,
+    notify: Notify,
+    max_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// What one drain took out of the queue.
+pub struct Drained {
+    /// Set once the connection is to be closed; the items before it still go out,
+    /// except after a slow-client close, which drops them.
+    pub close: Option<DisconnectCode>,
+}
+
+impl Outbound {
+    pub fn new(max_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        Outbound {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            max_bytes,
+            metrics,
+        }
+    }
+
+    /// Enqueue one message. Returns false if it was not queued: the connection is
+    /// closing, or this message put it over budget (then it is closed as slow).
+    pub fn push(&self, bytes: Bytes) -> bool {
+        {
+            let mut s = self.state.lock();
+            if s.close.is_some() {
+                return false;
+            }
+            if s.bytes + bytes.len() > self.max_bytes {
+                drop(s);
+                self.close_slow();
+                return false;
+            }
+            s.bytes += bytes.len();
+            s.items.push_back(Item::Data(bytes));
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Close as a slow client (3008), dropping what is queued.
+    pub fn close_slow(&self) {
+        {
+            let mut s = self.state.lock();
+            if s.close.is_some() {
+                return;
+            }
+            s.close = Some(DISCONNECT_SLOW);
+            s.items.clear();
+            s.bytes = 0;
+        }
+        self.metrics.slow_disconnects.inc();
+        self.notify.notify_one();
+    }
+
+    /// Enqueue a control item (not counted against the byte budget: bounded by the
+    /// number of subscriptions and pings).
+    pub fn push_item(&self, item: Item) {
+        {
+            let mut s = self.state.lock();
+            if s.close.is_some() {
+                return;
+            }
+            s.items.push_back(item);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Ask the writer to close with `code`. The first close wins.
+    pub fn close(&self, code: DisconnectCode) {
+        {
+            let mut s = self.state.lock();
+            if s.close.is_some() {
+                return;
+            }
+            s.close = Some(code);
+        }
+        self.notify.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().close.is_some()
+    }
+
+    /// Move everything queued into `into` (which the writer reuses between wakes).
+    pub fn drain(&self, into: &mut VecDeque<Item>) -> Drained {
+        let mut s = self.state.lock();
+        std::mem::swap(&mut s.items, into);
+        s.bytes = 0;
+        Drained { close: s.close }
+    }
+
+    /// Resolves after the next `push`/`close` (or at once if one happened since the
+    /// last wake).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}

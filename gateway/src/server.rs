@@ -1,0 +1,181 @@
+//! The HTTP server: WebSocket upgrades at `/connection/websocket`, health at
+//! `/healthz` and `/readyz`, and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+/// The WebSocket endpoint, as in Centrifugo.
+pub const WEBSOCKET_PATH: &str = "/connection/websocket";
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("bug: static response")
+}
+
+/// Serve on `listener` until `shutdown` resolves, then drain: readiness goes false,
+/// the listener closes, clients are told 3001, and this returns once every
+/// connection has ended or the grace period has passed.
+pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "set_nodelay failed");
+        }
+        let node2 = node.clone();
+        let service = service_fn(move |req| {
+            let node = node2.clone();
+            async move { Ok::<_, std::convert::Infallible>(route(node, req)) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = node.shutdown.clone();
+        node.tasks.spawn(async move {
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    // Finish the request in flight, then close (upgraded sockets
+                    // have left this future already and drain on their own).
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "http connection error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: closing clients");
+    node.set_ready(false);
+    node.shutdown.cancel();
+    node.tasks.close();
+    let grace = node.config.shutdown.grace_period;
+    let drained = tokio::time::timeout(grace, node.tasks.wait()).await;
+    match drained {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(
+            remaining = node.metrics.connections.get(),
+            "grace period over with connections still open"
+        ),
+    }
+}
+
+fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, WEBSOCKET_PATH) => upgrade(node, req),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if node.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Whether the request's Origin (if any) is allowed.
+fn origin_allowed(node: &Node, req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let allowed = &node.config.client.allowed_origins;
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    // Same origin: the page was served from the host the socket goes to.
+    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    req.headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
+}
+
+fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    }
+    if !origin_allowed(&node, &req) {
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    if node.shutdown.is_cancelled() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
+        .collect();
+    let json = offered.iter().any(|p| p == "centrifuge-json");
+    if !offered.is_empty() && !json {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "only the JSON protocol (centrifuge-json) is served\n",
+        );
+    }
+    if node.metrics.connections.get() as usize >= node.config.client.max_connections {
+        node.metrics.connections_refused.inc();
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached\n",
+        );
+    }
+    let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(error = %e, "bad upgrade request");
+            return text(StatusCode::BAD_REQUEST, "bad upgrade request\n");
+        }
+    };
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        match fut.await {
+            Ok(ws) => crate::ws::serve(node, ws).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    if json {
+        parts.headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("centrifuge-json"),
+        );
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}

@@ -1,0 +1,255 @@
+//! The two tasks of a WebSocket connection. The reader owns the read half and
+//! handles commands in order; the writer owns the write half, drains the outbound
+//! queue into one frame per wake, and runs the connection's timers.
+//! fastwebsockets' `read_frame` is not cancel-safe, so it is only ever raced
+//! against `done`, after which the socket is not read again.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fastwebsockets::{
+    FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketWrite,
+};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use shared::codes::{
+    DisconnectCode, DISCONNECT_BAD_REQUEST, DISCONNECT_MESSAGE_TOO_BIG, DISCONNECT_SHUTDOWN,
+};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::time::{timeout, Instant};
+
+use crate::conn::Conn;
+use crate::node::Node;
+use crate::outbound::Item;
+
+type Io = TokioIo<Upgraded>;
+
+/// A normal closure, used to answer a client's close frame or when it vanished.
+const CLOSE_NORMAL: DisconnectCode = DisconnectCode {
+    code: 1000,
+    reason: "",
+};
+
+/// Frames larger than this are written with their reusable buffer shrunk back after.
+const FRAME_BUFFER_KEEP: usize = 16 << 10;
+
+/// Serve one upgraded WebSocket until it closes, then leave its rooms.
+pub async fn serve(node: Arc<Node>, mut ws: WebSocket<Io>) {
+    ws.set_max_message_size(node.config.client.max_message_bytes);
+    ws.set_auto_pong(false);
+    ws.set_auto_close(false);
+    let (rx, tx) = ws.split(tokio::io::split);
+    let rx = FragmentCollectorRead::new(rx);
+    let conn = Arc::new(Conn::new(node.clone()));
+    node.metrics.connections.inc();
+    node.metrics.connections_total.inc();
+    let writer = tokio::spawn(write_loop(conn.clone(), tx));
+    read_loop(&conn, rx).await;
+    conn.reader_done.cancel();
+    if let Err(e) = writer.await {
+        tracing::error!(client = %conn.client, error = %e, "writer task failed");
+    }
+    conn.teardown().await;
+    node.metrics.connections.dec();
+}
+
+async fn read_loop(conn: &Conn, mut rx: FragmentCollectorRead<ReadHalf<Io>>) {
+    // Control frames are answered through the writer (auto-pong and auto-close are
+    // off), so this is never called.
+    let mut obligated = |_: Frame<'_>| std::future::ready(Ok::<(), std::io::Error>(()));
+    loop {
+        let res = tokio::select! {
+            biased;
+            _ = conn.done.cancelled() => return,
+            r = rx.read_frame(&mut obligated) => r,
+        };
+        let frame = match res {
+            Ok(frame) => frame,
+            Err(WebSocketError::FrameTooLarge) => {
+                conn.out.close(DISCONNECT_MESSAGE_TOO_BIG);
+                return;
+            }
+            Err(WebSocketError::IoError(_)) | Err(WebSocketError::UnexpectedEOF) => {
+                conn.out.close(CLOSE_NORMAL);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(client = %conn.client, error = %e, "websocket protocol error");
+                conn.node.metrics.protocol_errors.inc();
+                conn.out.close(DISCONNECT_BAD_REQUEST);
+                return;
+            }
+        };
+        match frame.opcode {
+            OpCode::Text => {
+                if conn.out.is_closing() {
+                    continue;
+                }
+                if let Err(code) = conn.handle_frame(&frame.payload).await {
+                    conn.node.metrics.protocol_errors.inc();
+                    tracing::debug!(client = %conn.client, code = code.code, "closing connection");
+                    conn.out.close(code);
+                }
+            }
+            // The JSON protocol has no binary messages.
+            OpCode::Binary => {
+                conn.node.metrics.protocol_errors.inc();
+                conn.out.close(DISCONNECT_BAD_REQUEST);
+            }
+            OpCode::Close => {
+                conn.out.close(CLOSE_NORMAL);
+                return;
+            }
+            OpCode::Ping => conn
+                .out
+                .push_item(Item::Pong(Bytes::copy_from_slice(&frame.payload))),
+            OpCode::Pong | OpCode::Continuation => {}
+        }
+    }
+}
+
+enum Stop {
+    /// The socket failed or timed out: abandon it.
+    Abandon,
+}
+
+async fn write_loop(conn: Arc<Conn>, mut tx: WebSocketWrite<WriteHalf<Io>>) {
+    let mut items = VecDeque::new();
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let sleep = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(sleep);
+    let mut shutdown_seen = false;
+    let mut reader_seen = false;
+    'run: loop {
+        let next = conn.poll_timers(Instant::now());
+        let drained = conn.out.drain(&mut items);
+        let had_items = !items.is_empty();
+        while let Some(item) = items.pop_front() {
+            let res = match item {
+                Item::Data(b) => {
+                    parts.push(b);
+                    Ok(())
+                }
+                Item::Pong(payload) => {
+                    match write_parts(&conn, &mut tx, &mut parts, &mut buf).await {
+                        Ok(()) => {
+                            write(&conn, &mut tx, Frame::pong(Payload::Borrowed(&payload))).await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Item::Unsubscribe(sub, code) => {
+                    match write_parts(&conn, &mut tx, &mut parts, &mut buf).await {
+                        Ok(()) => {
+                            conn.server_unsubscribe(&sub, code).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if res.is_err() {
+                break 'run;
+            }
+        }
+        if write_parts(&conn, &mut tx, &mut parts, &mut buf)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if let Some(code) = drained.close {
+            let reason = truncate_reason(code.reason);
+            if write(&conn, &mut tx, Frame::close(code.code, reason.as_bytes()))
+                .await
+                .is_ok()
+            {
+                // Give the client time to answer with its close frame, so that the
+                // socket is not reset under a close frame it has not read yet.
+                let _ = timeout(
+                    conn.node.config.client.close_timeout,
+                    conn.reader_done.cancelled(),
+                )
+                .await;
+            }
+            break;
+        }
+        if had_items {
+            continue;
+        }
+        sleep.as_mut().reset(next);
+        tokio::select! {
+            _ = conn.out.notified() => {}
+            _ = &mut sleep => {}
+            _ = conn.node.shutdown.cancelled(), if !shutdown_seen => {
+                shutdown_seen = true;
+                conn.out.close(DISCONNECT_SHUTDOWN);
+            }
+            _ = conn.reader_done.cancelled(), if !reader_seen => {
+                reader_seen = true;
+            }
+        }
+    }
+    conn.done.cancel();
+}
+
+/// Close reasons must fit a control frame (125 bytes with the code).
+fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+async fn write(
+    conn: &Conn,
+    tx: &mut WebSocketWrite<WriteHalf<Io>>,
+    frame: Frame<'_>,
+) -> Result<(), Stop> {
+    match timeout(conn.node.config.client.write_timeout, tx.write_frame(frame)).await {
+        Ok(Ok(())) => {
+            conn.node.metrics.frames_written.inc();
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.client, error = %e, "write failed");
+            Err(Stop::Abandon)
+        }
+        Err(_) => {
+            tracing::debug!(client = %conn.client, "write timed out");
+            Err(Stop::Abandon)
+        }
+    }
+}
+
+/// Write the queued messages as one text frame, newline-separated.
+async fn write_parts(
+    conn: &Conn,
+    tx: &mut WebSocketWrite<WriteHalf<Io>>,
+    parts: &mut Vec<Bytes>,
+    buf: &mut Vec<u8>,
+) -> Result<(), Stop> {
+    match parts.len() {
+        0 => return Ok(()),
+        1 => {
+            let one = parts.pop().expect("bug: one part");
+            return write(conn, tx, Frame::text(Payload::Borrowed(&one))).await;
+        }
+        _ => {}
+    }
+    buf.clear();
+    for (i, p) in parts.drain(..).enumerate() {
+        if i > 0 {
+            buf.push(b'\n');
+        }
+        buf.extend_from_slice(&p);
+    }
+    let res = write(conn, tx, Frame::text(Payload::Borrowed(buf))).await;
+    if buf.capacity() > FRAME_BUFFER_KEEP {
+        *buf = Vec::new();
+    }
+    res
+}
