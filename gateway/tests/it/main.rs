@@ -1,0 +1,10 @@
+//! Integration tests: real gateways on 127.0.0.1:0, real WebSocket clients over TCP.
+
+mod auth;
+mod delivery;
+mod lifecycle;
+mod limits;
+mod protocol;
+mod recovery;
+mod sdk;
+mod support;

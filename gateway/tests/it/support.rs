@@ -1,0 +1,328 @@
+//! Test harness: gateways on 127.0.0.1:0 and a small WebSocket client that speaks the
+//! JSON protocol frame by frame. Every wait is bounded.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
+use gateway::{Config, Node};
+use http_body_util::Empty;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use shared::auth::{mint_hs256, unix_now, MintClaims};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &str = "test-secret";
+/// Upper bound for any single network wait in tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A test configuration: quiet pings, the test secret, otherwise defaults.
+pub fn test_config() -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    c.token.hmac_secret = Some(SECRET.into());
+    c.client.ping_interval = Duration::from_secs(60);
+    c.client.pong_timeout = Duration::from_secs(10);
+    c
+}
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::with_config(test_config()).await
+    }
+
+    pub async fn with(f: impl FnOnce(&mut Config)) -> Self {
+        let mut c = test_config();
+        f(&mut c);
+        Self::with_config(c).await
+    }
+
+    pub async fn with_config(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let node = Node::new(config, fanout::MemoryBroker::new()).expect("node starts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway::run(listener, node.clone(), async move {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            addr,
+            node,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    /// Trigger shutdown and wait for `run` to return.
+    pub async fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(WAIT * 3, t).await.expect("gateway stops in time").unwrap();
+        }
+    }
+
+    /// A connected client for `user` (connect reply consumed).
+    pub async fn client(&self, user: &str) -> Client {
+        let mut c = Client::open(self.addr).await;
+        let r = c.connect(&token(user)).await;
+        assert!(r.get("connect").is_some(), "connect failed: {r}");
+        c
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A connection token for `user`, valid for an hour.
+pub fn token(user: &str) -> String {
+    mint(MintClaims {
+        sub: user.into(),
+        exp: Some(unix_now() + 3600),
+        ..Default::default()
+    })
+}
+
+pub fn mint(claims: MintClaims) -> String {
+    mint_hs256(SECRET, &claims)
+}
+
+#[derive(Clone)]
+struct SpawnExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpawnExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut);
+    }
+}
+
+/// What the server sent: one JSON message, or the close frame.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Json(Value),
+    Close(u16, String),
+}
+
+pub struct Client {
+    ws: FragmentCollector<TokioIo<Upgraded>>,
+    next_id: u32,
+    /// Messages read but not yet asked for.
+    inbox: VecDeque<Msg>,
+    /// Raw text frames as received, for framing assertions.
+    pub frames: usize,
+}
+
+pub async fn ws_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<FragmentCollector<TokioIo<Upgraded>>, String> {
+    let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "tcp connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut req = hyper::Request::builder()
+        .method("GET")
+        .uri(format!("http://{addr}/connection/websocket"))
+        .header("Host", addr.to_string())
+        .header("Upgrade", "websocket")
+        .header("Connection", "upgrade")
+        .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+        .header("Sec-WebSocket-Version", "13");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let (ws, _) = tokio::time::timeout(WAIT, fastwebsockets::handshake::client(&SpawnExecutor, req, stream))
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(FragmentCollector::new(ws))
+}
+
+impl Client {
+    pub async fn open(addr: SocketAddr) -> Client {
+        let ws = ws_connect(addr, &[]).await.expect("websocket upgrade");
+        Client {
+            ws,
+            next_id: 0,
+            inbox: VecDeque::new(),
+            frames: 0,
+        }
+    }
+
+    /// Send raw text as one frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .write_frame(Frame::text(Payload::Owned(text.as_bytes().to_vec())))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_frame(&mut self, frame: Frame<'_>) {
+        self.ws.write_frame(frame).await.expect("send frame");
+    }
+
+    /// Send `{"<method>": body, "id": N}` and return N.
+    pub async fn send(&mut self, method: &str, body: Value) -> u32 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut cmd = serde_json::Map::new();
+        cmd.insert(method.into(), body);
+        cmd.insert("id".into(), json!(id));
+        self.send_text(&Value::Object(cmd).to_string()).await;
+        id
+    }
+
+    /// Send a command and wait for its reply.
+    pub async fn call(&mut self, method: &str, body: Value) -> Value {
+        let id = self.send(method, body).await;
+        self.reply(id).await
+    }
+
+    pub async fn connect(&mut self, token: &str) -> Value {
+        self.call("connect", json!({"token": token, "name": "test"})).await
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        let r = self.call("subscribe", json!({"channel": channel})).await;
+        assert!(r.get("subscribe").is_some(), "subscribe {channel} failed: {r}");
+        r["subscribe"].clone()
+    }
+
+    pub async fn publish(&mut self, channel: &str, data: Value) -> Value {
+        self.call("publish", json!({"channel": channel, "data": data})).await
+    }
+
+    async fn read_more(&mut self) -> Result<(), String> {
+        let frame = tokio::time::timeout(WAIT, self.ws.read_frame())
+            .await
+            .map_err(|_| "timed out waiting for the server".to_string())?
+            .map_err(|e| format!("read: {e}"))?;
+        match frame.opcode {
+            OpCode::Text => {
+                self.frames += 1;
+                let text = std::str::from_utf8(&frame.payload).expect("utf-8").to_owned();
+                for line in text.split('\n') {
+                    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
+                    self.inbox.push_back(Msg::Json(v));
+                }
+            }
+            OpCode::Close => {
+                let p = &frame.payload;
+                let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
+                let reason = String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).into_owned();
+                self.inbox.push_back(Msg::Close(code, reason));
+            }
+            other => return Err(format!("unexpected frame {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// The next message, whatever it is.
+    pub async fn next(&mut self) -> Msg {
+        loop {
+            if let Some(m) = self.inbox.pop_front() {
+                return m;
+            }
+            if let Err(e) = self.read_more().await {
+                panic!("{e}");
+            }
+        }
+    }
+
+    /// The first message matching `pred`; others read on the way are kept.
+    pub async fn find(&mut self, what: &str, pred: impl Fn(&Msg) -> bool) -> Msg {
+        let mut scanned = 0;
+        loop {
+            if let Some(i) = self.inbox.iter().skip(scanned).position(&pred) {
+                return self.inbox.remove(scanned + i).expect("bug: index");
+            }
+            scanned = self.inbox.len();
+            if let Err(e) = self.read_more().await {
+                panic!("waiting for {what}: {e}; inbox: {:?}", self.inbox);
+            }
+        }
+    }
+
+    pub async fn reply(&mut self, id: u32) -> Value {
+        match self
+            .find(&format!("reply {id}"), |m| matches!(m, Msg::Json(v) if v["id"] == json!(id)))
+            .await
+        {
+            Msg::Json(v) => v,
+            Msg::Close(..) => unreachable!(),
+        }
+    }
+
+    /// The next push (`{"push":…}`) for `channel` ("" for any).
+    pub async fn push(&mut self, channel: &str) -> Value {
+        let ch = channel.to_owned();
+        match self
+            .find(&format!("push on {channel:?}"), move |m| {
+                matches!(m, Msg::Json(v) if v.get("push").is_some() && (ch.is_empty() || v["push"]["channel"] == json!(ch)))
+            })
+            .await
+        {
+            Msg::Json(v) => v["push"].clone(),
+            Msg::Close(..) => unreachable!(),
+        }
+    }
+
+    /// Wait for the close frame; returns (code, reason).
+    pub async fn closed(&mut self) -> (u16, String) {
+        match self.find("close frame", |m| matches!(m, Msg::Close(..))).await {
+            Msg::Close(c, r) => (c, r),
+            Msg::Json(_) => unreachable!(),
+        }
+    }
+
+    /// Assert that nothing arrives within `d`.
+    pub async fn silent_for(&mut self, d: Duration) {
+        if let Some(m) = self.inbox.front() {
+            panic!("expected silence, have {m:?}");
+        }
+        if let Ok(r) = tokio::time::timeout(d, self.ws.read_frame()).await {
+            panic!("expected silence, got {:?}", r.map(|f| String::from_utf8_lossy(&f.payload).into_owned()));
+        }
+    }
+}
+
+/// Poll `cond` until true or panic after WAIT.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[allow(dead_code)]
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
