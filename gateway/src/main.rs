@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(mut config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?,
         )

@@ -1,1 +1,285 @@
-//! (tests to come)
+//! History positions and recovery: no gap, gap within history, gap beyond history,
+//! epoch mismatch, and the subscribe reply racing live publications.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shared::auth::{unix_now, MintClaims};
+
+use crate::support::*;
+
+fn offsets(pubs: &Value) -> Vec<u64> {
+    pubs.as_array()
+        .map(|a| a.iter().map(|p| p["offset"].as_u64().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+/// Subscribe `c` to `channel` as recoverable, optionally recovering from a position.
+async fn sub_recover(c: &mut Client, channel: &str, since: Option<(u64, &str)>) -> Value {
+    let mut body = json!({"channel": channel, "recoverable": true, "flag": 1});
+    if let Some((offset, epoch)) = since {
+        body["recover"] = json!(true);
+        body["offset"] = json!(offset);
+        body["epoch"] = json!(epoch);
+    }
+    let r = c.call("subscribe", body).await;
+    assert!(r.get("subscribe").is_some(), "subscribe failed: {r}");
+    r["subscribe"].clone()
+}
+
+async fn publish_n(c: &mut Client, channel: &str, range: std::ops::RangeInclusive<u32>) {
+    for n in range {
+        let r = c.publish(channel, json!({ "n": n })).await;
+        assert_eq!(r["publish"], json!({}), "publish {n}: {r}");
+    }
+}
+
+#[tokio::test]
+async fn recover_with_no_gap() {
+    let gw = TestGateway::start().await;
+    let mut a = gw.client("1").await;
+    let s = sub_recover(&mut a, "room", None).await;
+    assert_eq!((s["recoverable"].clone(), s["positioned"].clone()), (json!(true), json!(true)));
+    publish_n(&mut a, "room", 1..=2).await;
+    let epoch = s["epoch"].as_str().unwrap().to_owned();
+    drop(a);
+    let mut b = gw.client("1").await;
+    let s = sub_recover(&mut b, "room", Some((2, &epoch))).await;
+    assert_eq!(s["recovered"], json!(true), "{s}");
+    assert_eq!(s["was_recovering"], json!(true));
+    assert_eq!(s["offset"], json!(2));
+    assert!(s.get("publications").is_none(), "nothing missed: {s}");
+}
+
+#[tokio::test]
+async fn recover_gap_within_history_in_order_then_live() {
+    let gw = TestGateway::with(|c| c.client.publish_rate_per_sec = 0).await;
+    let mut publisher = gw.client("p").await;
+    let mut a = gw.client("1").await;
+    let s = sub_recover(&mut a, "room", None).await;
+    let epoch = s["epoch"].as_str().unwrap().to_owned();
+    publisher.subscribe("room").await;
+    publish_n(&mut publisher, "room", 1..=2).await;
+    assert_eq!(a.push("room").await["pub"]["offset"], json!(1));
+    assert_eq!(a.push("room").await["pub"]["offset"], json!(2));
+    drop(a);
+    publish_n(&mut publisher, "room", 3..=7).await;
+    let mut b = gw.client("1").await;
+    let s = sub_recover(&mut b, "room", Some((2, &epoch))).await;
+    assert_eq!(s["recovered"], json!(true), "{s}");
+    assert_eq!(s["offset"], json!(2), "the client's offset, so replay moves it to the top");
+    assert_eq!(s["epoch"], json!(epoch));
+    assert_eq!(offsets(&s["publications"]), vec![3, 4, 5, 6, 7]);
+    assert_eq!(s["publications"][0]["data"], json!({"n": 3}));
+    publish_n(&mut publisher, "room", 8..=8).await;
+    let p = b.push("room").await;
+    assert_eq!(p["pub"]["offset"], json!(8));
+}
+
+#[tokio::test]
+async fn recover_gap_beyond_history_is_not_recovered() {
+    let gw = TestGateway::with(|c| {
+        c.client.publish_rate_per_sec = 0;
+        c.channel.history_size = 3;
+    })
+    .await;
+    let mut p = gw.client("p").await;
+    p.subscribe("room").await;
+    publish_n(&mut p, "room", 1..=1).await;
+    let mut a = gw.client("1").await;
+    let s = sub_recover(&mut a, "room", None).await;
+    let epoch = s["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(s["offset"], json!(1));
+    drop(a);
+    publish_n(&mut p, "room", 2..=6).await;
+    let mut b = gw.client("1").await;
+    let s = sub_recover(&mut b, "room", Some((1, &epoch))).await;
+    assert!(s.get("recovered").is_none(), "offsets 2,3 left history: {s}");
+    assert_eq!(s["was_recovering"], json!(true));
+    assert_eq!(s["offset"], json!(6), "the current top");
+    assert!(s.get("publications").is_none());
+}
+
+#[tokio::test]
+async fn recover_gap_beyond_recovery_limit_is_not_recovered() {
+    let gw = TestGateway::with(|c| {
+        c.client.publish_rate_per_sec = 0;
+        c.client.recovery_max_publication_limit = 3;
+    })
+    .await;
+    let mut p = gw.client("p").await;
+    let s = sub_recover(&mut p, "room", None).await;
+    let epoch = s["epoch"].as_str().unwrap().to_owned();
+    publish_n(&mut p, "room", 1..=5).await;
+    let mut b = gw.client("1").await;
+    let s = sub_recover(&mut b, "room", Some((1, &epoch))).await;
+    assert!(s.get("recovered").is_none(), "4 missed, limit 3: {s}");
+    let s = sub_recover(&mut gw.client("2").await, "room", Some((2, &epoch))).await;
+    assert_eq!(s["recovered"], json!(true), "3 missed, limit 3: {s}");
+    assert_eq!(offsets(&s["publications"]), vec![3, 4, 5]);
+}
+
+#[tokio::test]
+async fn recover_with_wrong_epoch_reports_current_position() {
+    let gw = TestGateway::start().await;
+    let mut p = gw.client("p").await;
+    let s = sub_recover(&mut p, "room", None).await;
+    publish_n(&mut p, "room", 1..=2).await;
+    let mut b = gw.client("1").await;
+    let r = sub_recover(&mut b, "room", Some((1, "stale-epoch"))).await;
+    assert!(r.get("recovered").is_none(), "recovered:false is omitted: {r}");
+    assert_eq!(r["was_recovering"], json!(true));
+    assert_eq!(r["epoch"], s["epoch"]);
+    assert_eq!(r["offset"], json!(2));
+    assert!(r.get("publications").is_none());
+}
+
+#[tokio::test]
+async fn reject_unrecovered_flag_gives_112() {
+    let gw = TestGateway::start().await;
+    let mut b = gw.client("1").await;
+    let r = b
+        .call(
+            "subscribe",
+            json!({"channel": "room", "recoverable": true, "recover": true, "offset": 5, "epoch": "gone", "flag": 3}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], json!(112), "{r}");
+    // The failed subscription left nothing behind: subscribing again works.
+    sub_recover(&mut b, "room", None).await;
+}
+
+#[tokio::test]
+async fn force_recovery_makes_every_subscription_recoverable() {
+    let gw = TestGateway::with(|c| {
+        c.namespaces.insert(
+            "f".into(),
+            gateway::config::ChannelOptions {
+                force_recovery: true,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let mut a = gw.client("1").await;
+    let s = a.subscribe("f:room").await;
+    assert_eq!(s["recoverable"], json!(true), "{s}");
+    let s = a.subscribe("plain").await;
+    assert!(s.get("recoverable").is_none(), "{s}");
+}
+
+#[tokio::test]
+async fn no_history_namespace_is_not_positioned() {
+    let gw = TestGateway::with(|c| {
+        c.namespaces.insert(
+            "live".into(),
+            gateway::config::ChannelOptions {
+                history_size: 0,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let mut a = gw.client("1").await;
+    let s = sub_recover(&mut a, "live:x", Some((3, "e"))).await;
+    assert_eq!(s, json!({}), "{s}");
+    a.publish("live:x", json!(1)).await;
+    let p = a.push("live:x").await;
+    assert!(p["pub"].get("offset").is_none(), "{p}");
+}
+
+/// The SDK drops pushes that arrive before the subscribe reply, and recovery must
+/// neither lose nor repeat publications made while the subscription is set up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_reply_precedes_pushes_and_recovery_joins_live_without_gap() {
+    const MAX: u32 = 5000;
+    let gw = TestGateway::with(|c| {
+        c.client.publish_rate_per_sec = 0;
+        c.client.recovery_max_publication_limit = MAX as usize;
+        c.channel.history_size = MAX as usize;
+    })
+    .await;
+    let mut p = gw.client("p").await;
+    let s = sub_recover(&mut p, "race", None).await;
+    let epoch = s["epoch"].as_str().unwrap().to_owned();
+    publish_n(&mut p, "race", 1..=20).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let publisher = tokio::spawn(async move {
+        for n in 21..=MAX {
+            if stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            publish_n(&mut p, "race", n..=n).await;
+        }
+    });
+    let mut from = 0u64;
+    for round in 0..5 {
+        let mut c = gw.client("1").await;
+        let id = c
+            .send(
+                "subscribe",
+                json!({"channel": "race", "recoverable": true, "recover": true, "offset": from, "epoch": epoch}),
+            )
+            .await;
+        let mut seen: Vec<u64> = Vec::new();
+        loop {
+            match c.next().await {
+                Msg::Json(v) if v["id"] == json!(id) => {
+                    let s = &v["subscribe"];
+                    assert_eq!(s["recovered"], json!(true), "{v}");
+                    seen.extend(offsets(&s["publications"]));
+                    break;
+                }
+                Msg::Json(v) if v.get("push").is_some() => panic!("push before subscribe reply: {v}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let recovered = seen.len();
+        // Live pushes must continue the recovered sequence: no gap, no repeat.
+        for _ in 0..20 {
+            let p = c.push("race").await;
+            seen.push(p["pub"]["offset"].as_u64().unwrap());
+        }
+        let expected: Vec<u64> = (from + 1..=from + seen.len() as u64).collect();
+        assert_eq!(seen, expected, "round {round}: from {from}, {recovered} recovered");
+        from = *seen.last().unwrap() - 5;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::timeout(WAIT, publisher).await.expect("publisher stops").unwrap();
+}
+
+#[tokio::test]
+async fn server_side_subscription_recovers_through_connect_subs() {
+    let gw = TestGateway::with(|c| c.client.publish_rate_per_sec = 0).await;
+    let tok = mint(MintClaims {
+        sub: "42".into(),
+        exp: Some(unix_now() + 600),
+        channels: vec!["#42".into()],
+        ..Default::default()
+    });
+    let mut a = Client::open(gw.addr).await;
+    let r = a.connect(&tok).await;
+    let s = &r["connect"]["subs"]["#42"];
+    assert_eq!(s["recoverable"], json!(true), "{r}");
+    let epoch = s["epoch"].as_str().unwrap().to_owned();
+    // The personal channel's owner can publish into it (it is subscribed).
+    publish_n(&mut a, "#42", 1..=2).await;
+    assert_eq!(a.push("#42").await["pub"]["offset"], json!(1));
+    drop(a);
+    let mut p = Client::open(gw.addr).await;
+    p.connect(&tok).await;
+    publish_n(&mut p, "#42", 3..=4).await;
+    drop(p);
+    let mut b = Client::open(gw.addr).await;
+    let r = b
+        .call(
+            "connect",
+            json!({"token": tok, "subs": {"#42": {"recover": true, "offset": 2, "epoch": epoch}}}),
+        )
+        .await;
+    let s = &r["connect"]["subs"]["#42"];
+    assert_eq!(s["recovered"], json!(true), "{r}");
+    assert_eq!(offsets(&s["publications"]), vec![3, 4]);
+    b.silent_for(Duration::from_millis(100)).await;
+}
