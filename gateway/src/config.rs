@@ -3,7 +3,7 @@
 //!
 //! Environment names are a public contract: `GATEWAY_LISTEN`,
 //! `GATEWAY_TOKEN_HMAC_SECRET`, `GATEWAY_API_KEY`, `GATEWAY_REDIS_URL`,
-//! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`.
+//! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_ALLOWED_ORIGINS` (comma-separated).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -345,6 +345,13 @@ impl Config {
         if let Some(v) = var("GATEWAY_LOG") {
             self.log = v;
         }
+        if let Some(v) = var("GATEWAY_ALLOWED_ORIGINS") {
+            self.client.allowed_origins = v
+                .split(',')
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -471,9 +478,14 @@ mod tests {
             "#,
         )
         .unwrap();
-        c.apply_env(|k| (k == "GATEWAY_LISTEN").then(|| "127.0.0.1:9100".to_string()));
+        c.apply_env(|k| match k {
+            "GATEWAY_LISTEN" => Some("127.0.0.1:9100".to_string()),
+            "GATEWAY_ALLOWED_ORIGINS" => Some("https://a.example, https://b.example".to_string()),
+            _ => None,
+        });
         c.validate().unwrap();
         assert_eq!(c.listen, "127.0.0.1:9100");
+        assert_eq!(c.client.allowed_origins, vec!["https://a.example", "https://b.example"]);
         assert_eq!(c.client.ping_interval, Duration::from_secs(5));
         let news = c.channel_options(Some("news")).unwrap();
         assert!(news.history().is_none() && !news.allow_publish);
