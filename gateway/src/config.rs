@@ -485,7 +485,10 @@ mod tests {
         });
         c.validate().unwrap();
         assert_eq!(c.listen, "127.0.0.1:9100");
-        assert_eq!(c.client.allowed_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(
+            c.client.allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
         assert_eq!(c.client.ping_interval, Duration::from_secs(5));
         let news = c.channel_options(Some("news")).unwrap();
         assert!(news.history().is_none() && !news.allow_publish);
@@ -496,8 +499,10 @@ mod tests {
     fn errors_name_the_field() {
         let e = Config::from_toml("lisen = 1").unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
-        let mut c = Config::default();
-        c.listen = "nope".into();
+        let c = Config {
+            listen: "nope".into(),
+            ..Config::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("listen"));
         let mut c = Config::default();
         c.client.pong_timeout = Duration::from_secs(30);

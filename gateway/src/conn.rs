@@ -214,8 +214,9 @@ impl Conn {
         let request = cmd.request();
         let outcome = match (phase, request) {
             (Phase::Connecting, Some(Request::Connect(r))) if id > 0 => self.connect(id, r).await,
-            (Phase::Connected, None) if id == 0 => self.pong(),
             (Phase::Connected, Some(Request::Send(_))) => Err(DISCONNECT_NOT_AVAILABLE.into()),
+            // Id 0 without `send` is a pong, whatever else the command holds.
+            (Phase::Connected, _) if id == 0 => self.pong(),
             (Phase::Connected, Some(request)) if id > 0 => self.dispatch(id, request).await,
             _ => Err(DISCONNECT_BAD_REQUEST.into()),
         };
@@ -513,7 +514,7 @@ impl Conn {
             return Err(DISCONNECT_INVALID_TOKEN.into());
         }
         if t.expire_at.is_some_and(|e| e <= unix_now()) {
-            return Err(ERROR_TOKEN_EXPIRED.into());
+            return Err(ERROR_EXPIRED.into());
         }
         Ok(t)
     }

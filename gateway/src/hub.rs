@@ -154,10 +154,11 @@ impl Subscriber {
 }
 
 type Snapshot = Arc<Vec<Arc<Subscriber>>>;
+type Shard = Mutex<HashMap<Arc<str>, Snapshot>>;
 
 /// Rooms and their local subscribers.
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<Arc<str>, Snapshot>>]>,
+    shards: Box<[Shard]>,
     /// Rooms that lost their last local subscriber, and when: unsubscribed from the
     /// broker after a delay if still empty, so that churn does not thrash Redis.
     emptied: Mutex<HashMap<Arc<str>, Instant>>,
@@ -173,7 +174,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, room: &str) -> &Mutex<HashMap<Arc<str>, Snapshot>> {
+    fn shard(&self, room: &str) -> &Shard {
         let mut h = DefaultHasher::new();
         room.hash(&mut h);
         &self.shards[(h.finish() as usize) % SHARDS]

@@ -197,12 +197,17 @@ impl Verifier {
         validation.leeway = 0;
         validation.required_spec_claims = HashSet::new();
         validation.validate_nbf = true;
+        // jsonwebtoken checks aud/iss only when present: a configured one is required.
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
         }
         let mut last = TokenError::Invalid("no key".into());
         for key in keys {

@@ -55,9 +55,16 @@ async fn many_subscribers_get_every_publication_once_in_offset_order() {
     for r in readers {
         let (offsets, per_publisher) = r.await.unwrap();
         let expected: Vec<u64> = (1..=PUBLISHERS as u64 * EACH).collect();
-        assert_eq!(offsets, expected, "offsets contiguous, no loss, no duplicate");
+        assert_eq!(
+            offsets, expected,
+            "offsets contiguous, no loss, no duplicate"
+        );
         for seq in per_publisher {
-            assert_eq!(seq, (0..EACH).collect::<Vec<_>>(), "each publisher's order kept");
+            assert_eq!(
+                seq,
+                (0..EACH).collect::<Vec<_>>(),
+                "each publisher's order kept"
+            );
         }
     }
     assert_eq!(gw.node.metrics.slow_disconnects.get(), 0);
@@ -67,7 +74,10 @@ async fn many_subscribers_get_every_publication_once_in_offset_order() {
 async fn slow_client(gw: &TestGateway) -> Client {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let stream = tokio::time::timeout(WAIT, socket.connect(gw.addr)).await.unwrap().unwrap();
+    let stream = tokio::time::timeout(WAIT, socket.connect(gw.addr))
+        .await
+        .unwrap()
+        .unwrap();
     let ws = ws_handshake(gw.addr, stream, &[]).await.unwrap();
     let mut c = Client::from_ws(ws);
     let r = c.connect(&token("slow")).await;
@@ -90,7 +100,11 @@ async fn slow_client_is_closed_with_3008_and_the_room_keeps_flowing() {
             if d["end"] == json!(true) {
                 return n;
             }
-            assert_eq!(d["n"].as_u64(), Some(n), "fast client sees every publication in order");
+            assert_eq!(
+                d["n"].as_u64(),
+                Some(n),
+                "fast client sees every publication in order"
+            );
             n += 1;
         }
     });
@@ -101,8 +115,13 @@ async fn slow_client_is_closed_with_3008_and_the_room_keeps_flowing() {
     let mut after_slow = 0;
     // The slow client's kernel buffers fill first, then its 1 MiB queue.
     while after_slow < 20 {
-        assert!(published < 4000, "slow client never detected after {published} publications");
-        let r = publisher.publish("room", json!({"n": published, "fill": filler})).await;
+        assert!(
+            published < 4000,
+            "slow client never detected after {published} publications"
+        );
+        let r = publisher
+            .publish("room", json!({"n": published, "fill": filler}))
+            .await;
         assert_eq!(r["publish"], json!({}), "{r}");
         published += 1;
         if gw.node.metrics.slow_disconnects.get() > 0 {
@@ -112,7 +131,10 @@ async fn slow_client_is_closed_with_3008_and_the_room_keeps_flowing() {
         while publisher.try_push().is_some() {}
     }
     publisher.publish("room", json!({"end": true})).await;
-    let got = tokio::time::timeout(WAIT, fast_reader).await.expect("fast client done").unwrap();
+    let got = tokio::time::timeout(WAIT, fast_reader)
+        .await
+        .expect("fast client done")
+        .unwrap();
     assert_eq!(got, published);
     assert_eq!(gw.node.metrics.slow_disconnects.get(), 1);
     // Reading again, the slow client finds what the kernel held, then 3008.
@@ -136,7 +158,10 @@ async fn empty_rooms_are_removed() {
     drop(a);
     drop(b);
     let hub = gw.node.hub.clone();
-    eventually("rooms emptied", || hub.num_rooms() == 0 && hub.num_subscriptions() == 0).await;
+    eventually("rooms emptied", || {
+        hub.num_rooms() == 0 && hub.num_subscriptions() == 0
+    })
+    .await;
 }
 
 #[tokio::test]

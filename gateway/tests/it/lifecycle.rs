@@ -2,7 +2,6 @@
 //! by SIGTERM to the real binary).
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -27,13 +26,20 @@ async fn shutdown_flushes_queued_messages_then_closes_with_3001() {
         assert_eq!(a.push("room").await["pub"]["data"]["n"], json!(n));
     }
     assert_eq!(a.closed().await, (3001, "shutdown".to_string()));
-    assert_eq!(gw.node.metrics.connections.get(), 0, "every connection ended");
+    assert_eq!(
+        gw.node.metrics.connections.get(),
+        0,
+        "every connection ended"
+    );
     assert!(!gw.node.is_ready());
 }
 
 /// Start the real binary on port 0; returns it, the address it printed, and its
 /// log lines up to the first one containing `until`.
-async fn spawn_gateway(envs: &[(&str, &str)], until: &str) -> (Child, std::net::SocketAddr, Vec<String>) {
+async fn spawn_gateway(
+    envs: &[(&str, &str)],
+    until: &str,
+) -> (Child, std::net::SocketAddr, Vec<String>) {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("GATEWAY_LISTEN", "127.0.0.1:0")
@@ -51,9 +57,19 @@ async fn spawn_gateway(envs: &[(&str, &str)], until: &str) -> (Child, std::net::
     let mut addr = None;
     tokio::time::timeout(WAIT, async {
         loop {
-            let line = lines.next_line().await.unwrap().expect("gateway exited early");
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("gateway exited early");
             if let Some(rest) = line.split("clients connect to ws://").nth(1) {
-                addr = Some(rest.split('/').next().unwrap().parse::<std::net::SocketAddr>().unwrap());
+                addr = Some(
+                    rest.split('/')
+                        .next()
+                        .unwrap()
+                        .parse::<std::net::SocketAddr>()
+                        .unwrap(),
+                );
             }
             let done = line.contains(until);
             seen.push(line);
@@ -71,15 +87,25 @@ async fn spawn_gateway(envs: &[(&str, &str)], until: &str) -> (Child, std::net::
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_3001_and_exits() {
-    let (mut child, addr, _) = spawn_gateway(&[("GATEWAY_TOKEN_HMAC_SECRET", SECRET)], "clients connect to").await;
+    let (mut child, addr, _) = spawn_gateway(
+        &[("GATEWAY_TOKEN_HMAC_SECRET", SECRET)],
+        "clients connect to",
+    )
+    .await;
     let mut c = Client::open(addr).await;
     c.connect(&token("1")).await;
     c.subscribe("room").await;
     let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert_eq!(c.closed().await, (3001, "shutdown".to_string()));
-    let exit = tokio::time::timeout(WAIT, child.wait()).await.expect("exits in time").unwrap();
+    let exit = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
     assert!(exit.success(), "clean exit: {exit:?}");
 }
 
@@ -108,13 +134,24 @@ async fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    tokio::time::timeout(WAIT, cmd.output()).await.expect("cli finishes").unwrap()
+    tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("cli finishes")
+        .unwrap()
 }
 
 #[tokio::test]
 async fn token_command_mints_tokens_the_gateway_accepts() {
     let out = run_cli(
-        &["token", "--user", "42", "--ttl", "1h", "--info", r#"{"name":"Ann"}"#],
+        &[
+            "token",
+            "--user",
+            "42",
+            "--ttl",
+            "1h",
+            "--info",
+            r#"{"name":"Ann"}"#,
+        ],
         &[("GATEWAY_TOKEN_HMAC_SECRET", SECRET)],
     )
     .await;
@@ -134,7 +171,12 @@ async fn token_command_mints_tokens_the_gateway_accepts() {
     assert_eq!(r["connect"]["expires"], json!(true), "{r}");
     let ttl = r["connect"]["ttl"].as_u64().unwrap();
     assert!((3590..=3600).contains(&ttl), "ttl {ttl}");
-    let r = c.call("subscribe", json!({"channel": "$secret", "token": sub_token})).await;
+    let r = c
+        .call(
+            "subscribe",
+            json!({"channel": "$secret", "token": sub_token}),
+        )
+        .await;
     assert!(r.get("subscribe").is_some(), "{r}");
     c.publish("$secret", json!(1)).await;
     let p = c.push("$secret").await;
@@ -150,7 +192,11 @@ async fn invalid_configuration_fails_at_start_naming_the_field() {
     let dir = std::env::temp_dir().join(format!("gw-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[client]\nping_interval = \"5s\"\npong_timeout = \"9s\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[client]\nping_interval = \"5s\"\npong_timeout = \"9s\"\n",
+    )
+    .unwrap();
     let out = run_cli(&["--config", bad.to_str().unwrap(), "check-config"], &[]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -166,8 +212,16 @@ async fn invalid_configuration_fails_at_start_naming_the_field() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
 
     let good = dir.join("good.toml");
-    std::fs::write(&good, "listen = \"127.0.0.1:9999\"\n[namespaces.news]\nhistory_size = 0\n").unwrap();
-    let out = run_cli(&["check-config"], &[("GATEWAY_CONFIG", good.to_str().unwrap())]).await;
+    std::fs::write(
+        &good,
+        "listen = \"127.0.0.1:9999\"\n[namespaces.news]\nhistory_size = 0\n",
+    )
+    .unwrap();
+    let out = run_cli(
+        &["check-config"],
+        &[("GATEWAY_CONFIG", good.to_str().unwrap())],
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
     std::fs::remove_dir_all(&dir).ok();
 }

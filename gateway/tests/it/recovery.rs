@@ -39,7 +39,10 @@ async fn recover_with_no_gap() {
     let gw = TestGateway::start().await;
     let mut a = gw.client("1").await;
     let s = sub_recover(&mut a, "room", None).await;
-    assert_eq!((s["recoverable"].clone(), s["positioned"].clone()), (json!(true), json!(true)));
+    assert_eq!(
+        (s["recoverable"].clone(), s["positioned"].clone()),
+        (json!(true), json!(true))
+    );
     publish_n(&mut a, "room", 1..=2).await;
     let epoch = s["epoch"].as_str().unwrap().to_owned();
     drop(a);
@@ -67,7 +70,11 @@ async fn recover_gap_within_history_in_order_then_live() {
     let mut b = gw.client("1").await;
     let s = sub_recover(&mut b, "room", Some((2, &epoch))).await;
     assert_eq!(s["recovered"], json!(true), "{s}");
-    assert_eq!(s["offset"], json!(2), "the client's offset, so replay moves it to the top");
+    assert_eq!(
+        s["offset"],
+        json!(2),
+        "the client's offset, so replay moves it to the top"
+    );
     assert_eq!(s["epoch"], json!(epoch));
     assert_eq!(offsets(&s["publications"]), vec![3, 4, 5, 6, 7]);
     assert_eq!(s["publications"][0]["data"], json!({"n": 3}));
@@ -94,7 +101,10 @@ async fn recover_gap_beyond_history_is_not_recovered() {
     publish_n(&mut p, "room", 2..=6).await;
     let mut b = gw.client("1").await;
     let s = sub_recover(&mut b, "room", Some((1, &epoch))).await;
-    assert!(s.get("recovered").is_none(), "offsets 2,3 left history: {s}");
+    assert!(
+        s.get("recovered").is_none(),
+        "offsets 2,3 left history: {s}"
+    );
     assert_eq!(s["was_recovering"], json!(true));
     assert_eq!(s["offset"], json!(6), "the current top");
     assert!(s.get("publications").is_none());
@@ -127,7 +137,10 @@ async fn recover_with_wrong_epoch_reports_current_position() {
     publish_n(&mut p, "room", 1..=2).await;
     let mut b = gw.client("1").await;
     let r = sub_recover(&mut b, "room", Some((1, "stale-epoch"))).await;
-    assert!(r.get("recovered").is_none(), "recovered:false is omitted: {r}");
+    assert!(
+        r.get("recovered").is_none(),
+        "recovered:false is omitted: {r}"
+    );
     assert_eq!(r["was_recovering"], json!(true));
     assert_eq!(r["epoch"], s["epoch"]);
     assert_eq!(r["offset"], json!(2));
@@ -222,19 +235,16 @@ async fn subscribe_reply_precedes_pushes_and_recovery_joins_live_without_gap() {
                 json!({"channel": "race", "recoverable": true, "recover": true, "offset": from, "epoch": epoch}),
             )
             .await;
-        let mut seen: Vec<u64> = Vec::new();
-        loop {
-            match c.next().await {
-                Msg::Json(v) if v["id"] == json!(id) => {
-                    let s = &v["subscribe"];
-                    assert_eq!(s["recovered"], json!(true), "{v}");
-                    seen.extend(offsets(&s["publications"]));
-                    break;
-                }
-                Msg::Json(v) if v.get("push").is_some() => panic!("push before subscribe reply: {v}"),
-                other => panic!("unexpected {other:?}"),
+        // The first thing on the socket must be the reply, not a push.
+        let mut seen: Vec<u64> = match c.next().await {
+            Msg::Json(v) if v["id"] == json!(id) => {
+                let s = &v["subscribe"];
+                assert_eq!(s["recovered"], json!(true), "{v}");
+                offsets(&s["publications"])
             }
-        }
+            Msg::Json(v) if v.get("push").is_some() => panic!("push before subscribe reply: {v}"),
+            other => panic!("unexpected {other:?}"),
+        };
         let recovered = seen.len();
         // Live pushes must continue the recovered sequence: no gap, no repeat.
         for _ in 0..20 {
@@ -242,11 +252,17 @@ async fn subscribe_reply_precedes_pushes_and_recovery_joins_live_without_gap() {
             seen.push(p["pub"]["offset"].as_u64().unwrap());
         }
         let expected: Vec<u64> = (from + 1..=from + seen.len() as u64).collect();
-        assert_eq!(seen, expected, "round {round}: from {from}, {recovered} recovered");
+        assert_eq!(
+            seen, expected,
+            "round {round}: from {from}, {recovered} recovered"
+        );
         from = *seen.last().unwrap() - 5;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    tokio::time::timeout(WAIT, publisher).await.expect("publisher stops").unwrap();
+    tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("publisher stops")
+        .unwrap();
 }
 
 #[tokio::test]

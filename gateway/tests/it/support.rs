@@ -80,7 +80,10 @@ impl TestGateway {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
-            tokio::time::timeout(WAIT * 3, t).await.expect("gateway stops in time").unwrap();
+            tokio::time::timeout(WAIT * 3, t)
+                .await
+                .expect("gateway stops in time")
+                .unwrap();
         }
     }
 
@@ -143,33 +146,54 @@ pub struct Client {
     pub frames: usize,
 }
 
-pub async fn ws_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<FragmentCollector<TokioIo<Upgraded>>, String> {
+pub async fn ws_connect(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<FragmentCollector<TokioIo<Upgraded>>, String> {
     let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
         .await
         .map_err(|_| "tcp connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
+    ws_handshake(addr, stream, headers).await
+}
+
+/// The WebSocket handshake over an already connected stream.
+pub async fn ws_handshake(
+    addr: SocketAddr,
+    stream: TcpStream,
+    headers: &[(&str, &str)],
+) -> Result<FragmentCollector<TokioIo<Upgraded>>, String> {
     let mut req = hyper::Request::builder()
         .method("GET")
         .uri(format!("http://{addr}/connection/websocket"))
         .header("Host", addr.to_string())
         .header("Upgrade", "websocket")
         .header("Connection", "upgrade")
-        .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
         .header("Sec-WebSocket-Version", "13");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let req = req.body(Empty::<Bytes>::new()).unwrap();
-    let (ws, _) = tokio::time::timeout(WAIT, fastwebsockets::handshake::client(&SpawnExecutor, req, stream))
-        .await
-        .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        fastwebsockets::handshake::client(&SpawnExecutor, req, stream),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| e.to_string())?;
     Ok(FragmentCollector::new(ws))
 }
 
 impl Client {
     pub async fn open(addr: SocketAddr) -> Client {
-        let ws = ws_connect(addr, &[]).await.expect("websocket upgrade");
+        Client::from_ws(ws_connect(addr, &[]).await.expect("websocket upgrade"))
+    }
+
+    pub fn from_ws(ws: FragmentCollector<TokioIo<Upgraded>>) -> Client {
         Client {
             ws,
             next_id: 0,
@@ -208,17 +232,22 @@ impl Client {
     }
 
     pub async fn connect(&mut self, token: &str) -> Value {
-        self.call("connect", json!({"token": token, "name": "test"})).await
+        self.call("connect", json!({"token": token, "name": "test"}))
+            .await
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
         let r = self.call("subscribe", json!({"channel": channel})).await;
-        assert!(r.get("subscribe").is_some(), "subscribe {channel} failed: {r}");
+        assert!(
+            r.get("subscribe").is_some(),
+            "subscribe {channel} failed: {r}"
+        );
         r["subscribe"].clone()
     }
 
     pub async fn publish(&mut self, channel: &str, data: Value) -> Value {
-        self.call("publish", json!({"channel": channel, "data": data})).await
+        self.call("publish", json!({"channel": channel, "data": data}))
+            .await
     }
 
     async fn read_more(&mut self) -> Result<(), String> {
@@ -229,15 +258,22 @@ impl Client {
         match frame.opcode {
             OpCode::Text => {
                 self.frames += 1;
-                let text = std::str::from_utf8(&frame.payload).expect("utf-8").to_owned();
+                let text = std::str::from_utf8(&frame.payload)
+                    .expect("utf-8")
+                    .to_owned();
                 for line in text.split('\n') {
-                    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
+                    let v: Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
                     self.inbox.push_back(Msg::Json(v));
                 }
             }
             OpCode::Close => {
                 let p = &frame.payload;
-                let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
+                let code = if p.len() >= 2 {
+                    u16::from_be_bytes([p[0], p[1]])
+                } else {
+                    1005
+                };
                 let reason = String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).into_owned();
                 self.inbox.push_back(Msg::Close(code, reason));
             }
@@ -274,7 +310,10 @@ impl Client {
 
     pub async fn reply(&mut self, id: u32) -> Value {
         match self
-            .find(&format!("reply {id}"), |m| matches!(m, Msg::Json(v) if v["id"] == json!(id)))
+            .find(
+                &format!("reply {id}"),
+                |m| matches!(m, Msg::Json(v) if v["id"] == json!(id)),
+            )
             .await
         {
             Msg::Json(v) => v,
@@ -296,9 +335,24 @@ impl Client {
         }
     }
 
+    /// A push already read (without waiting), if any.
+    pub fn try_push(&mut self) -> Option<Value> {
+        let i = self
+            .inbox
+            .iter()
+            .position(|m| matches!(m, Msg::Json(v) if v.get("push").is_some()))?;
+        match self.inbox.remove(i) {
+            Some(Msg::Json(v)) => Some(v["push"].clone()),
+            _ => None,
+        }
+    }
+
     /// Wait for the close frame; returns (code, reason).
     pub async fn closed(&mut self) -> (u16, String) {
-        match self.find("close frame", |m| matches!(m, Msg::Close(..))).await {
+        match self
+            .find("close frame", |m| matches!(m, Msg::Close(..)))
+            .await
+        {
             Msg::Close(c, r) => (c, r),
             Msg::Json(_) => unreachable!(),
         }
@@ -310,7 +364,10 @@ impl Client {
             panic!("expected silence, have {m:?}");
         }
         if let Ok(r) = tokio::time::timeout(d, self.ws.read_frame()).await {
-            panic!("expected silence, got {:?}", r.map(|f| String::from_utf8_lossy(&f.payload).into_owned()));
+            panic!(
+                "expected silence, got {:?}",
+                r.map(|f| String::from_utf8_lossy(&f.payload).into_owned())
+            );
         }
     }
 }
@@ -319,10 +376,118 @@ impl Client {
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 #[allow(dead_code)]
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+// ---------------------------------------------------------------------------------
+// Added for the protocol, auth and limits modules.
+// ---------------------------------------------------------------------------------
+
+/// Like [`ws_connect`], and also returns the headers of the 101 response.
+pub async fn ws_connect_with_response(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<(FragmentCollector<TokioIo<Upgraded>>, hyper::HeaderMap), String> {
+    let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "tcp connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut req = hyper::Request::builder()
+        .method("GET")
+        .uri(format!("http://{addr}/connection/websocket"))
+        .header("Host", addr.to_string())
+        .header("Upgrade", "websocket")
+        .header("Connection", "upgrade")
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("Sec-WebSocket-Version", "13");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let (ws, resp) = tokio::time::timeout(
+        WAIT,
+        fastwebsockets::handshake::client(&SpawnExecutor, req, stream),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    Ok((FragmentCollector::new(ws), resp.headers().clone()))
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("tcp connect in time")
+        .expect("tcp connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("write request");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+impl Client {
+    /// Open a socket and connect with `token`; returns the client and its connect
+    /// result (`connect` must succeed).
+    pub async fn connected(addr: SocketAddr, token: &str) -> (Client, Value) {
+        let mut c = Client::open(addr).await;
+        let r = c.connect(token).await;
+        assert!(r.get("connect").is_some(), "connect failed: {r}");
+        (c, r["connect"].clone())
+    }
+
+    /// Send a command that must fail with an error reply; returns the `error` object.
+    pub async fn call_err(&mut self, method: &str, body: Value) -> Value {
+        let r = self.call(method, body).await;
+        assert!(r.get("error").is_some(), "{method} should fail: {r}");
+        r["error"].clone()
+    }
+
+    /// Send a command (with an id) and wait for the close frame it causes.
+    pub async fn send_and_close(&mut self, method: &str, body: Value) -> (u16, String) {
+        self.send(method, body).await;
+        self.closed().await
+    }
+}
+
+/// The client id in a connect result.
+pub fn client_id(connect_result: &Value) -> String {
+    connect_result["client"]
+        .as_str()
+        .expect("connect result has a client id")
+        .to_owned()
+}
+
+/// An embedded JSON value for token claims (`info`, `data`).
+pub fn raw(json: &str) -> shared::protocol::Raw {
+    shared::protocol::raw_from_slice(json.as_bytes()).expect("valid JSON")
+}
