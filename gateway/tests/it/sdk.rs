@@ -1,1 +1,90 @@
-//! (tests to come)
+//! The real centrifuge-js SDK (npm `centrifuge`, pinned in `tests/sdk/package.json`)
+//! against a gateway: connect, publish, presence, history and recovery after a
+//! reconnect, driven by `tests/sdk/interop.mjs` under Node. `scripts/test` installs
+//! Node's packages; without them this test fails rather than skips.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{token, TestGateway};
+
+/// Bound for the whole script; its own waits are 5 s each.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("sdk")
+}
+
+/// Fail (never skip) when Node or the SDK packages are missing.
+async fn require_node(dir: &Path) {
+    let found = tokio::process::Command::new("node")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "`node` is not on PATH: run `scripts/test`, which checks for Node and installs the SDK"
+    );
+    let modules = dir.join("node_modules");
+    assert!(
+        modules.join("centrifuge").is_dir() && modules.join("ws").is_dir(),
+        "{} has no node_modules with centrifuge and ws: run `scripts/test` (it runs `npm ci` there)",
+        dir.display()
+    );
+}
+
+#[tokio::test]
+async fn centrifuge_js_connects_publishes_reads_presence_history_and_recovers() {
+    let dir = sdk_dir();
+    require_node(&dir).await;
+    // The script checks join and leave events too.
+    let gw = TestGateway::with(|c| c.channel.join_leave = true).await;
+
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join("interop.mjs"))
+        .arg(gw.url())
+        .arg(token("alice"))
+        .arg(token("bob"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("interop.mjs did not finish within {SCRIPT_TIMEOUT:?}"))
+        .expect("wait for node");
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = || {
+        format!(
+            "exit status: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            out.status
+        )
+    };
+    assert!(out.status.success(), "interop.mjs failed\n{}", report());
+    let last: Value = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("interop.mjs printed no final JSON line\n{}", report()));
+    assert_eq!(
+        last["ok"],
+        Value::Bool(true),
+        "interop.mjs did not report ok\n{}",
+        report()
+    );
+    // Shown with --nocapture: the steps the SDK went through.
+    println!("{stdout}");
+}
