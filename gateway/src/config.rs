@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use shared::auth::KeyConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -52,7 +53,7 @@ pub struct Config {
     /// Tracing filter (`info`, `gateway=debug`, ...). Default `info`.
     pub log: String,
     /// Token verification keys.
-    pub token: TokenConfig,
+    pub token: KeyConfig,
     /// Per-connection limits and timers.
     pub client: ClientConfig,
     /// Options of channels without a namespace.
@@ -71,7 +72,7 @@ impl Default for Config {
             redis_url: None,
             api_key: None,
             log: "info".into(),
-            token: TokenConfig::default(),
+            token: KeyConfig::default(),
             client: ClientConfig::default(),
             channel: ChannelOptions::default(),
             namespaces: HashMap::new(),
@@ -86,44 +87,6 @@ fn default_node_name() -> String {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "gateway".into())
-}
-
-/// Keys for connection and subscription JWTs. With none configured, `gateway` (the
-/// serve command) generates a random HMAC secret for development.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TokenConfig {
-    /// HMAC secret for HS256/384/512 tokens.
-    pub hmac_secret: Option<String>,
-    /// The previous HMAC secret, still accepted during a rotation.
-    pub hmac_previous_secret: Option<String>,
-    /// RSA public key, PEM, for RS*/PS* tokens.
-    pub rsa_public_key: Option<String>,
-    /// ECDSA public key, PEM, for ES256/ES384 tokens.
-    pub ecdsa_public_key: Option<String>,
-    /// Required `aud` claim, when set.
-    pub audience: Option<String>,
-    /// Required `iss` claim, when set.
-    pub issuer: Option<String>,
-}
-
-impl TokenConfig {
-    pub fn has_key(&self) -> bool {
-        self.hmac_secret.is_some()
-            || self.rsa_public_key.is_some()
-            || self.ecdsa_public_key.is_some()
-    }
-
-    pub fn key_config(&self) -> shared::auth::KeyConfig {
-        shared::auth::KeyConfig {
-            hmac_secret: self.hmac_secret.clone(),
-            hmac_previous_secret: self.hmac_previous_secret.clone(),
-            rsa_public_key: self.rsa_public_key.clone(),
-            ecdsa_public_key: self.ecdsa_public_key.clone(),
-            audience: self.audience.clone(),
-            issuer: self.issuer.clone(),
-        }
-    }
 }
 
 /// Limits and timers of one client connection.
@@ -388,8 +351,7 @@ impl Config {
         if matches!(&self.token.hmac_secret, Some(s) if s.is_empty()) {
             return Err(invalid("token.hmac_secret", "must not be empty when set"));
         }
-        shared::auth::Verifier::new(&self.token.key_config())
-            .map_err(|e| invalid("token", e.to_string()))?;
+        shared::auth::Verifier::new(&self.token).map_err(|e| invalid("token", e.to_string()))?;
         let c = &self.client;
         if c.ping_interval.is_zero() {
             return Err(invalid("client.ping_interval", "must be > 0"));

@@ -37,7 +37,7 @@ impl Node {
     /// Build a node on `broker` and start its background loops.
     pub fn new(config: Config, broker: Arc<dyn Broker>) -> anyhow::Result<Arc<Node>> {
         config.validate()?;
-        let verifier = Verifier::new(&config.token.key_config())?;
+        let verifier = Verifier::new(&config.token)?;
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(metrics.clone()));
         broker.set_handler(hub.clone());

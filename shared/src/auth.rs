@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::Raw;
 
-/// Keys and checks configured for token verification.
-#[derive(Debug, Default, Clone)]
+/// Keys and checks configured for token verification (the `[token]` section of the
+/// gateway's configuration). With none, the gateway generates a development secret.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KeyConfig {
     /// HMAC secret for HS* tokens.
     pub hmac_secret: Option<String>,
@@ -30,6 +32,15 @@ pub struct KeyConfig {
     pub audience: Option<String>,
     /// When set, the `iss` claim must equal it.
     pub issuer: Option<String>,
+}
+
+impl KeyConfig {
+    /// Whether any verification key is configured.
+    pub fn has_key(&self) -> bool {
+        self.hmac_secret.is_some()
+            || self.rsa_public_key.is_some()
+            || self.ecdsa_public_key.is_some()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,11 +149,21 @@ pub async fn ws_connect(
     addr: SocketAddr,
     headers: &[(&str, &str)],
 ) -> Result<FragmentCollector<TokioIo<Upgraded>>, String> {
+    ws_connect_with_response(addr, headers)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// Like [`ws_connect`], and also returns the headers of the 101 response.
+pub async fn ws_connect_with_response(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<(FragmentCollector<TokioIo<Upgraded>>, hyper::HeaderMap), String> {
     let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
         .await
         .map_err(|_| "tcp connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    ws_handshake(addr, stream, headers).await
+    handshake(addr, stream, headers).await
 }
 
 /// The WebSocket handshake over an already connected stream.
@@ -163,6 +172,14 @@ pub async fn ws_handshake(
     stream: TcpStream,
     headers: &[(&str, &str)],
 ) -> Result<FragmentCollector<TokioIo<Upgraded>>, String> {
+    handshake(addr, stream, headers).await.map(|(ws, _)| ws)
+}
+
+async fn handshake(
+    addr: SocketAddr,
+    stream: TcpStream,
+    headers: &[(&str, &str)],
+) -> Result<(FragmentCollector<TokioIo<Upgraded>>, hyper::HeaderMap), String> {
     let mut req = hyper::Request::builder()
         .method("GET")
         .uri(format!("http://{addr}/connection/websocket"))
@@ -178,14 +195,14 @@ pub async fn ws_handshake(
         req = req.header(*k, *v);
     }
     let req = req.body(Empty::<Bytes>::new()).unwrap();
-    let (ws, _) = tokio::time::timeout(
+    let (ws, resp) = tokio::time::timeout(
         WAIT,
         fastwebsockets::handshake::client(&SpawnExecutor, req, stream),
     )
     .await
     .map_err(|_| "handshake timed out".to_string())?
     .map_err(|e| e.to_string())?;
-    Ok(FragmentCollector::new(ws))
+    Ok((FragmentCollector::new(ws), resp.headers().clone()))
 }
 
 impl Client {
@@ -384,46 +401,9 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[allow(dead_code)]
-pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 // ---------------------------------------------------------------------------------
 // Added for the protocol, auth and limits modules.
 // ---------------------------------------------------------------------------------
-
-/// Like [`ws_connect`], and also returns the headers of the 101 response.
-pub async fn ws_connect_with_response(
-    addr: SocketAddr,
-    headers: &[(&str, &str)],
-) -> Result<(FragmentCollector<TokioIo<Upgraded>>, hyper::HeaderMap), String> {
-    let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| "tcp connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let mut req = hyper::Request::builder()
-        .method("GET")
-        .uri(format!("http://{addr}/connection/websocket"))
-        .header("Host", addr.to_string())
-        .header("Upgrade", "websocket")
-        .header("Connection", "upgrade")
-        .header(
-            "Sec-WebSocket-Key",
-            fastwebsockets::handshake::generate_key(),
-        )
-        .header("Sec-WebSocket-Version", "13");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Empty::<Bytes>::new()).unwrap();
-    let (ws, resp) = tokio::time::timeout(
-        WAIT,
-        fastwebsockets::handshake::client(&SpawnExecutor, req, stream),
-    )
-    .await
-    .map_err(|_| "handshake timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    Ok((FragmentCollector::new(ws), resp.headers().clone()))
-}
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
