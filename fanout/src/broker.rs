@@ -69,6 +69,11 @@ pub trait BrokerHandler: Send + Sync + 'static {
     fn on_publication(&self, room: &str, publication: &Arc<Publication>, epoch: &str);
     fn on_join(&self, room: &str, info: &ClientInfo);
     fn on_leave(&self, room: &str, info: &ClientInfo);
+    /// Publications of `room` were lost on the way to this node and could not be
+    /// repaired from history (the range left it, or the epoch changed). Positioned
+    /// subscribers must resubscribe, so that their SDK recovers or reports that it
+    /// cannot.
+    fn on_lost(&self, room: &str);
 }
 
 /// What a node needs from the system that connects it to its peers.
@@ -76,6 +81,11 @@ pub trait BrokerHandler: Send + Sync + 'static {
 pub trait Broker: Send + Sync + 'static {
     /// Register where inbound events go. Called once, before any other method.
     fn set_handler(&self, handler: Arc<dyn BrokerHandler>);
+
+    /// Whether the engine can currently reach its backing store (readiness).
+    fn is_healthy(&self) -> bool {
+        true
+    }
 
     /// Start receiving `room`'s events on this node. Idempotent: resolves once the
     /// subscription is active, so a caller may read history afterwards without a gap.

@@ -5,11 +5,17 @@
 //!   subscribe/unsubscribe, history reads, presence, join/leave) and the
 //!   [`BrokerHandler`] through which inbound events reach the node's hub.
 //! - [`memory`]: the in-memory engine, a complete implementation for ONE node.
+//! - [`redis`]: the Redis engine (standalone or Redis Cluster): many nodes as one.
+//! - `testing` (feature `test-util`): real `redis-server` processes for tests.
 
 pub mod broker;
 pub mod memory;
+pub mod redis;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use broker::{
     Broker, BrokerError, BrokerHandler, HistoryOptions, HistoryPage, HistoryQuery, PresenceStats,
 };
 pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisConfig};

@@ -336,6 +336,7 @@ mod tests {
         }
         fn on_join(&self, _: &str, _: &ClientInfo) {}
         fn on_leave(&self, _: &str, _: &ClientInfo) {}
+        fn on_lost(&self, _: &str) {}
     }
 
     fn publication(n: u32) -> Publication {

@@ -96,6 +96,15 @@ impl Subscriber {
         ));
     }
 
+    /// The node lost publications of this room: end the subscription with 2500 so
+    /// the SDK resubscribes and recovers (or learns it cannot).
+    pub fn lost(self: &Arc<Self>) {
+        let mut s = self.state.lock();
+        if !s.broken {
+            self.gap(&mut s);
+        }
+    }
+
     /// Deliver one push with its stream position (offset 0: not positioned).
     pub fn deliver(self: &Arc<Self>, offset: u64, epoch: &str, bytes: &Bytes) {
         let mut s = self.state.lock();
@@ -284,5 +293,15 @@ impl BrokerHandler for Hub {
 
     fn on_leave(&self, room: &str, info: &ClientInfo) {
         self.deliver_presence_event(room, || protocol::encode_leave_push(room, info));
+    }
+
+    fn on_lost(&self, room: &str) {
+        self.metrics.rooms_lost.inc();
+        let Some(subs) = self.snapshot(room) else {
+            return;
+        };
+        for s in subs.iter().filter(|s| s.positioned) {
+            s.lost();
+        }
     }
 }

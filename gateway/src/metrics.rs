@@ -54,6 +54,8 @@ pub struct Metrics {
     pub deliveries: Counter,
     /// WebSocket frames written to clients.
     pub frames_written: Counter,
+    /// Rooms whose lost publications could not be repaired from history.
+    pub rooms_lost: Counter,
     /// Clients closed by a protocol error (3501 and friends).
     pub protocol_errors: Counter,
 }

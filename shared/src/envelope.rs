@@ -1,16 +1,20 @@
 //! The node-to-node envelope: what one node publishes on a room's broker channel and
-//! every subscribed node decodes. MessagePack (rmp-serde), because it is compact and
-//! carries the client's raw JSON payload as bytes without re-escaping it.
+//! every subscribed node decodes.
+//!
+//! A channel message is `<offset>:<epoch>:<body>`: a short text header, because the
+//! offset and epoch of a publication with history are assigned inside Redis by the
+//! publish script, followed by the [`Envelope`] in MessagePack (rmp-serde), which
+//! carries the client's raw JSON as bytes without re-escaping it. Offset 0 and an
+//! empty epoch mean "no history".
 
 use serde::{Deserialize, Serialize};
 
-/// One event on a room's channel.
+use crate::protocol::{raw_from_slice, ClientInfo, Publication, Raw, Tags};
+
+/// One event on a room's channel (the body of a channel message).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Envelope {
-    /// A publication, with its position when the room keeps history (offset 0 otherwise).
     Publication {
-        offset: u64,
-        epoch: String,
         #[serde(with = "serde_bytes_compat")]
         data: Vec<u8>,
         info: Option<EnvelopeClientInfo>,
@@ -37,15 +41,110 @@ pub enum EnvelopeError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("decode envelope: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    #[error("bad channel message header")]
+    Header,
+    #[error("embedded JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+fn raw_bytes(raw: &Option<Raw>) -> Option<Vec<u8>> {
+    raw.as_ref().map(|r| r.get().as_bytes().to_vec())
+}
+
+fn bytes_raw(bytes: &Option<Vec<u8>>) -> Result<Option<Raw>, EnvelopeError> {
+    Ok(bytes.as_deref().map(raw_from_slice).transpose()?)
+}
+
+impl From<&ClientInfo> for EnvelopeClientInfo {
+    fn from(i: &ClientInfo) -> Self {
+        EnvelopeClientInfo {
+            user: i.user.clone(),
+            client: i.client.clone(),
+            conn_info: raw_bytes(&i.conn_info),
+            chan_info: raw_bytes(&i.chan_info),
+        }
+    }
+}
+
+impl EnvelopeClientInfo {
+    pub fn to_client_info(&self) -> Result<ClientInfo, EnvelopeError> {
+        Ok(ClientInfo {
+            user: self.user.clone(),
+            client: self.client.clone(),
+            conn_info: bytes_raw(&self.conn_info)?,
+            chan_info: bytes_raw(&self.chan_info)?,
+        })
+    }
 }
 
 impl Envelope {
+    pub fn publication(p: &Publication) -> Self {
+        Envelope::Publication {
+            data: p.data.get().as_bytes().to_vec(),
+            info: p.info.as_ref().map(EnvelopeClientInfo::from),
+            tags: p.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+
+    /// The publication this envelope carries, at `offset`.
+    pub fn to_publication(&self, offset: u64) -> Result<Option<Publication>, EnvelopeError> {
+        let Envelope::Publication { data, info, tags } = self else {
+            return Ok(None);
+        };
+        Ok(Some(Publication {
+            data: raw_from_slice(data)?,
+            info: info.as_ref().map(|i| i.to_client_info()).transpose()?,
+            offset,
+            tags: tags.iter().cloned().collect::<Tags>(),
+        }))
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
         Ok(rmp_serde::to_vec(self)?)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         Ok(rmp_serde::from_slice(bytes)?)
+    }
+}
+
+/// A decoded channel message: position header and envelope body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelMessage<'a> {
+    pub offset: u64,
+    pub epoch: &'a str,
+    pub body: &'a [u8],
+}
+
+impl<'a> ChannelMessage<'a> {
+    /// Split `<offset>:<epoch>:<body>`.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, EnvelopeError> {
+        let colon = |from: usize| {
+            bytes[from..]
+                .iter()
+                .position(|&b| b == b':')
+                .map(|i| i + from)
+        };
+        let a = colon(0).ok_or(EnvelopeError::Header)?;
+        let b = colon(a + 1).ok_or(EnvelopeError::Header)?;
+        let offset = std::str::from_utf8(&bytes[..a])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(EnvelopeError::Header)?;
+        let epoch = std::str::from_utf8(&bytes[a + 1..b]).map_err(|_| EnvelopeError::Header)?;
+        Ok(ChannelMessage {
+            offset,
+            epoch,
+            body: &bytes[b + 1..],
+        })
+    }
+
+    /// `0::<body>`: a message without a stream position.
+    pub fn unpositioned(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() + 3);
+        out.extend_from_slice(b"0::");
+        out.extend_from_slice(body);
+        out
     }
 }
 
@@ -124,25 +223,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn publication_round_trips() {
-        let env = Envelope::Publication {
-            offset: 7,
-            epoch: "abcd".into(),
-            data: br#"{"text":"hi"}"#.to_vec(),
-            info: Some(EnvelopeClientInfo {
+    fn publication_round_trips_through_a_channel_message() {
+        let p = Publication {
+            data: raw_from_slice(br#"{"text":"hi"}"#).unwrap(),
+            info: Some(ClientInfo {
                 user: "42".into(),
                 client: "c1".into(),
-                conn_info: Some(br#"{"name":"Ann"}"#.to_vec()),
+                conn_info: Some(raw_from_slice(br#"{"name":"Ann"}"#).unwrap()),
                 chan_info: None,
             }),
-            tags: vec![("k".into(), "v".into())],
+            offset: 0,
+            tags: [("k".to_string(), "v".to_string())].into_iter().collect(),
         };
-        let bytes = env.encode().unwrap();
-        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+        let body = Envelope::publication(&p).encode().unwrap();
+        let mut msg = b"17:abcd:".to_vec();
+        msg.extend_from_slice(&body);
+        let m = ChannelMessage::parse(&msg).unwrap();
+        assert_eq!((m.offset, m.epoch), (17, "abcd"));
+        let back = Envelope::decode(m.body)
+            .unwrap()
+            .to_publication(m.offset)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.offset, 17);
+        assert_eq!(back.data.get(), r#"{"text":"hi"}"#);
+        assert_eq!(
+            back.info.unwrap().conn_info.unwrap().get(),
+            r#"{"name":"Ann"}"#
+        );
+        assert_eq!(back.tags.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn unpositioned_header() {
+        let msg = ChannelMessage::unpositioned(b"xyz");
+        let m = ChannelMessage::parse(&msg).unwrap();
+        assert_eq!((m.offset, m.epoch, m.body), (0, "", &b"xyz"[..]));
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(Envelope::decode(b"\xff\x00garbage").is_err());
+        for bad in [&b""[..], b"12", b"x:e:body", b"1:e", b":"] {
+            assert!(ChannelMessage::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,0 +1,1286 @@
+//! The Redis engine: any number of nodes on one Redis (standalone, or a Redis Cluster
+//! with sharded pub/sub) act as one.
+//!
+//! Keys of a room share the hash tag `{room}`, so in a cluster they live in one slot:
+//! `<prefix>{room}.m` (hash: `t` top offset, `e` epoch), `<prefix>{room}.s` (stream
+//! of publications, entry id `<offset>-0`, field `d` = envelope), `<prefix>{room}.p`
+//! (presence: client id -> info) and `<prefix>{room}.pe` (presence expiry, a sorted
+//! set). The room's channel is `<prefix>{room}`.
+//!
+//! Publishing with history is one script on the room's slot: increment the offset,
+//! create the epoch when absent, append to the stream (bounded length, TTL), publish
+//! `<offset>:<epoch>:<envelope>`. Subscribing nodes spread rooms over a few pub/sub
+//! connections by hash and batch SUBSCRIBE/UNSUBSCRIBE. Messages are handed to
+//! per-room-ordered workers; a worker delivers in offset order and repairs gaps
+//! (an offset jump, a reconnect) from the stream, or reports the room lost.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use rand::distr::{Alphanumeric, SampleString};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use shared::envelope::{ChannelMessage, Envelope, EnvelopeClientInfo};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{
+    Broker, BrokerError, BrokerHandler, ClientInfo, HistoryOptions, HistoryPage, HistoryQuery,
+    PresenceStats, Publication, StreamPosition,
+};
+
+/// Settings of the Redis engine.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`, `rediss://…`, or `redis+cluster://h1:p1,h2:p2`.
+    pub url: String,
+    /// Prefix of every key and channel. Default `gw`.
+    pub prefix: String,
+    /// Dedicated pub/sub connections rooms are spread over. Default 4.
+    pub pubsub_shards: usize,
+    /// Ordered delivery workers. Default 4.
+    pub workers: usize,
+    /// Messages a worker may have queued before further ones are dropped and the
+    /// room is repaired from history. Default 65536.
+    pub worker_queue: usize,
+    /// Presence entries expire unless their node refreshes them (a crashed node's
+    /// entries go away). Default 60s; refreshed every third of it.
+    pub presence_ttl: Duration,
+    /// Timeout of one command and of connecting. Default 5s.
+    pub command_timeout: Duration,
+    /// How often pub/sub connections and the command connection are probed; a probe
+    /// unanswered within `command_timeout` restarts the connection. Default 5s.
+    pub probe_interval: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "gw".into(),
+            pubsub_shards: 4,
+            workers: 4,
+            worker_queue: 65536,
+            presence_ttl: Duration::from_secs(60),
+            command_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+const PUBLISH_SCRIPT: &str = r#"
+local top = redis.call('hincrby', KEYS[1], 't', 1)
+local epoch = redis.call('hget', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('hset', KEYS[1], 'e', epoch)
+  redis.call('del', KEYS[2])
+end
+redis.call('expire', KEYS[1], ARGV[5])
+redis.call('xadd', KEYS[2], 'MAXLEN', ARGV[3], top .. '-0', 'd', ARGV[2])
+redis.call('expire', KEYS[2], ARGV[4])
+redis.call(ARGV[7], ARGV[1], top .. ':' .. epoch .. ':' .. ARGV[2])
+return {top, epoch}
+"#;
+
+/// ARGV: 1 new epoch ("" = do not create), 2 meta ttl, 3 since offset, 4 since epoch,
+/// 5 count (-1 all, 0 none), 6 reverse (1/0), 7 since given (1/0).
+const HISTORY_SCRIPT: &str = r#"
+local epoch = redis.call('hget', KEYS[1], 'e')
+local top = tonumber(redis.call('hget', KEYS[1], 't') or '0')
+if not epoch then
+  if ARGV[1] == '' then
+    return {0, '', {}, {}}
+  end
+  epoch = ARGV[1]
+  redis.call('hset', KEYS[1], 'e', epoch)
+  redis.call('expire', KEYS[1], ARGV[2])
+  redis.call('del', KEYS[2])
+end
+local ids, data = {}, {}
+local count = tonumber(ARGV[5])
+if count == 0 or (ARGV[4] ~= '' and ARGV[4] ~= epoch) then
+  return {top, epoch, ids, data}
+end
+local entries
+if ARGV[6] == '0' then
+  local from = '-'
+  if ARGV[7] == '1' then from = '(' .. ARGV[3] .. '-0' end
+  if count > 0 then
+    entries = redis.call('xrange', KEYS[2], from, '+', 'COUNT', count)
+  else
+    entries = redis.call('xrange', KEYS[2], from, '+')
+  end
+else
+  local to = '+'
+  if ARGV[7] == '1' then to = '(' .. ARGV[3] .. '-0' end
+  if count > 0 then
+    entries = redis.call('xrevrange', KEYS[2], to, '-', 'COUNT', count)
+  else
+    entries = redis.call('xrevrange', KEYS[2], to, '-')
+  end
+end
+for i, e in ipairs(entries) do
+  ids[i] = e[1]
+  data[i] = e[2][2]
+end
+return {top, epoch, ids, data}
+"#;
+
+const PRESENCE_ADD_SCRIPT: &str = r#"
+local now = tonumber(redis.call('time')[1])
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('expire', KEYS[1], ARGV[3])
+redis.call('expire', KEYS[2], ARGV[3])
+return 1
+"#;
+
+const PRESENCE_REMOVE_SCRIPT: &str = r#"
+redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('zrem', KEYS[2], ARGV[1])
+return 1
+"#;
+
+const PRESENCE_GET_SCRIPT: &str = r#"
+local now = tonumber(redis.call('time')[1])
+local expired = redis.call('zrangebyscore', KEYS[2], '-inf', now)
+for i = 1, #expired, 500 do
+  redis.call('hdel', KEYS[1], unpack(expired, i, math.min(i + 499, #expired)))
+end
+if #expired > 0 then
+  redis.call('zremrangebyscore', KEYS[2], '-inf', now)
+end
+return redis.call('hgetall', KEYS[1])
+"#;
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn new_epoch() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 8)
+}
+
+fn hash_index(s: &str, n: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    (h.finish() as usize) % n.max(1)
+}
+
+/// What the history script returns: top offset, epoch, entry ids, entry bodies.
+type HistoryReply = (u64, String, Vec<String>, Vec<Vec<u8>>);
+
+/// The command connection: multiplexed and pipelined, reconnecting by itself.
+#[derive(Clone)]
+enum CmdConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for CmdConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            CmdConn::Single(c) => c.req_packed_command(cmd),
+            CmdConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            CmdConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            CmdConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            CmdConn::Single(c) => c.get_db(),
+            CmdConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where the engine connects.
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+/// Parse the URL into a target. `redis+cluster://h1:p1,h2:p2` lists seed nodes.
+fn target(url: &str, timeout: Duration) -> Result<Target, BrokerError> {
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let nodes: Vec<String> = rest
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("redis://{n}"))
+            .collect();
+        if nodes.is_empty() {
+            return Err(BrokerError::Internal(
+                "redis+cluster:// needs at least one host:port".into(),
+            ));
+        }
+        let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .build()
+            .map_err(|e| BrokerError::Internal(format!("cluster url: {e}")))?;
+        Ok(Target::Cluster(Box::new(client)))
+    } else {
+        let client = redis::Client::open(url)
+            .map_err(|e| BrokerError::Internal(format!("redis url: {e}")))?;
+        Ok(Target::Single(client))
+    }
+}
+
+async fn connect_cmd(target: &Target, timeout: Duration) -> Result<CmdConn, BrokerError> {
+    match target {
+        Target::Single(client) => {
+            let mc = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2));
+            let cm = tokio::time::timeout(timeout, client.get_connection_manager_with_config(mc))
+                .await
+                .map_err(|_| unavailable("connect timed out"))?
+                .map_err(unavailable)?;
+            Ok(CmdConn::Single(cm))
+        }
+        Target::Cluster(client) => {
+            let c = tokio::time::timeout(timeout, client.get_async_connection())
+                .await
+                .map_err(|_| unavailable("connect timed out"))?
+                .map_err(unavailable)?;
+            Ok(CmdConn::Cluster(c))
+        }
+    }
+}
+
+enum SubState {
+    /// SUBSCRIBE sent, waiting for confirmation.
+    Pending(Vec<oneshot::Sender<Result<(), String>>>),
+    Active,
+}
+
+/// An event for an ordered delivery worker.
+enum Event {
+    Message {
+        room: Arc<str>,
+        payload: Bytes,
+    },
+    /// Read what may have been missed since the last delivered offset (after a
+    /// (re)subscribe or a dropped message).
+    Resync {
+        room: Arc<str>,
+    },
+    /// The room is no longer subscribed: forget its position.
+    Forget {
+        room: Arc<str>,
+    },
+}
+
+struct Worker {
+    tx: mpsc::Sender<Event>,
+    /// Rooms whose messages were dropped because the queue was full.
+    overflowed: Mutex<HashSet<Arc<str>>>,
+    wake: tokio::sync::Notify,
+}
+
+struct Shard {
+    /// Rooms whose wanted state changed.
+    tx: mpsc::Sender<Arc<str>>,
+    connected: AtomicBool,
+}
+
+struct Inner {
+    cfg: RedisConfig,
+    cluster: bool,
+    target: Target,
+    /// Swapped for a new one when probes find it silent.
+    cmd: Mutex<CmdConn>,
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
+    rooms: Mutex<HashMap<Arc<str>, SubState>>,
+    shards: Vec<Shard>,
+    workers: Vec<Worker>,
+    /// Presence entries this node added, refreshed periodically: room -> client -> info.
+    presence: Mutex<HashMap<String, HashMap<String, Vec<u8>>>>,
+    cmd_ok: AtomicBool,
+    dropped: AtomicU64,
+    scripts: Scripts,
+    stop: CancellationToken,
+}
+
+struct Scripts {
+    publish: Script,
+    history: Script,
+    presence_add: Script,
+    presence_remove: Script,
+    presence_get: Script,
+}
+
+/// The Redis broker. Cloning shares the engine; background tasks stop when the last
+/// clone is dropped.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+    _stop: Arc<StopGuard>,
+}
+
+struct StopGuard(CancellationToken);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &self.inner.cfg.url)
+            .field("cluster", &self.inner.cluster)
+            .finish()
+    }
+}
+
+impl RedisBroker {
+    /// Connect the command connection and start the pub/sub shards, workers and
+    /// probes. Fails if Redis cannot be reached within the command timeout, so that a
+    /// misconfigured node does not start.
+    pub async fn connect(cfg: RedisConfig) -> Result<Arc<Self>, BrokerError> {
+        let target = target(&cfg.url, cfg.command_timeout)?;
+        let cmd = connect_cmd(&target, cfg.command_timeout).await?;
+        let stop = CancellationToken::new();
+        let mut shard_rx = Vec::new();
+        let shards = (0..cfg.pubsub_shards.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(4096);
+                shard_rx.push(rx);
+                Shard {
+                    tx,
+                    connected: AtomicBool::new(false),
+                }
+            })
+            .collect();
+        let mut worker_rx = Vec::new();
+        let workers = (0..cfg.workers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(cfg.worker_queue.max(16));
+                worker_rx.push(rx);
+                Worker {
+                    tx,
+                    overflowed: Mutex::new(HashSet::new()),
+                    wake: tokio::sync::Notify::new(),
+                }
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            cluster: matches!(target, Target::Cluster(_)),
+            cfg,
+            target: target.clone(),
+            cmd: Mutex::new(cmd),
+            handler: OnceLock::new(),
+            rooms: Mutex::new(HashMap::new()),
+            shards,
+            workers,
+            presence: Mutex::new(HashMap::new()),
+            cmd_ok: AtomicBool::new(true),
+            dropped: AtomicU64::new(0),
+            scripts: Scripts {
+                publish: Script::new(PUBLISH_SCRIPT),
+                history: Script::new(HISTORY_SCRIPT),
+                presence_add: Script::new(PRESENCE_ADD_SCRIPT),
+                presence_remove: Script::new(PRESENCE_REMOVE_SCRIPT),
+                presence_get: Script::new(PRESENCE_GET_SCRIPT),
+            },
+            stop: stop.clone(),
+        });
+        for (i, rx) in worker_rx.into_iter().enumerate() {
+            tokio::spawn(worker_loop(inner.clone(), i, rx));
+        }
+        for (i, rx) in shard_rx.into_iter().enumerate() {
+            match &target {
+                Target::Single(client) => {
+                    tokio::spawn(single_shard_loop(inner.clone(), client.clone(), i, rx));
+                }
+                Target::Cluster(client) => {
+                    tokio::spawn(cluster_shard_loop(inner.clone(), (**client).clone(), i, rx));
+                }
+            }
+        }
+        tokio::spawn(maintenance_loop(inner.clone()));
+        Ok(Arc::new(RedisBroker {
+            inner,
+            _stop: Arc::new(StopGuard(stop)),
+        }))
+    }
+
+    /// Messages dropped because a worker queue was full (each repaired or reported).
+    pub fn dropped_messages(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    fn channel(&self, room: &str) -> String {
+        format!("{}{{{}}}", self.cfg.prefix, room)
+    }
+
+    fn key(&self, room: &str, suffix: &str) -> String {
+        format!("{}{{{}}}.{}", self.cfg.prefix, room, suffix)
+    }
+
+    /// The room of a channel name, if it is one of ours.
+    fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.cfg.prefix.as_str())?
+            .strip_prefix('{')?
+            .strip_suffix('}')
+    }
+
+    fn handler(&self) -> Option<&Arc<dyn BrokerHandler>> {
+        self.handler.get()
+    }
+
+    fn cmd(&self) -> CmdConn {
+        self.cmd.lock().clone()
+    }
+
+    fn note<T>(&self, r: Result<T, redis::RedisError>) -> Result<T, BrokerError> {
+        match r {
+            Ok(v) => {
+                self.cmd_ok.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                {
+                    self.cmd_ok.store(false, Ordering::Relaxed);
+                }
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    /// Route one pub/sub message to its room's worker without blocking.
+    fn route(&self, channel: &str, payload: &[u8]) {
+        let Some(room) = self.room_of(channel) else {
+            return;
+        };
+        let w = &self.workers[hash_index(room, self.workers.len())];
+        let room: Arc<str> = room.into();
+        let ev = Event::Message {
+            room: room.clone(),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        if w.tx.try_send(ev).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            w.overflowed.lock().insert(room);
+            w.wake.notify_one();
+        }
+    }
+
+    /// Ask the room's worker to read what it may have missed.
+    async fn resync(&self, room: Arc<str>) {
+        let w = &self.workers[hash_index(&room, self.workers.len())];
+        if w.tx.send(Event::Resync { room }).await.is_err() {
+            tracing::debug!("worker gone");
+        }
+    }
+
+    async fn read_history(
+        &self,
+        room: &str,
+        query: &HistoryQuery,
+        create_epoch: bool,
+        meta_ttl: Duration,
+    ) -> Result<HistoryPage, BrokerError> {
+        let since = query.since.clone().unwrap_or_default();
+        let count: i64 = match query.limit {
+            None => -1,
+            Some(n) => n.min(i64::MAX as usize) as i64,
+        };
+        let mut cmd = self.cmd();
+        let r: Result<HistoryReply, _> = self
+            .scripts
+            .history
+            .key(self.key(room, "m"))
+            .key(self.key(room, "s"))
+            .arg(if create_epoch {
+                new_epoch()
+            } else {
+                String::new()
+            })
+            .arg(meta_ttl.as_secs().max(1))
+            .arg(since.offset)
+            .arg(&since.epoch)
+            .arg(count)
+            .arg(if query.reverse { 1 } else { 0 })
+            .arg(if query.since.is_some() { 1 } else { 0 })
+            .invoke_async(&mut cmd)
+            .await;
+        let (top, epoch, ids, data) = self.note(r)?;
+        let mut publications = Vec::with_capacity(ids.len());
+        for (id, body) in ids.iter().zip(data) {
+            let offset: u64 = id
+                .split('-')
+                .next()
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| BrokerError::Internal(format!("bad stream id {id}")))?;
+            let env = Envelope::decode(&body).map_err(|e| BrokerError::Internal(e.to_string()))?;
+            if let Some(p) = env
+                .to_publication(offset)
+                .map_err(|e| BrokerError::Internal(e.to_string()))?
+            {
+                publications.push(Arc::new(p));
+            }
+        }
+        Ok(HistoryPage {
+            publications,
+            position: StreamPosition { offset: top, epoch },
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Ordered delivery
+// ---------------------------------------------------------------------------------
+
+struct Position {
+    offset: u64,
+    epoch: Arc<str>,
+}
+
+async fn worker_loop(inner: Arc<Inner>, index: usize, mut rx: mpsc::Receiver<Event>) {
+    let mut positions: HashMap<Arc<str>, Position> = HashMap::new();
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => Some(ev),
+                None => return,
+            },
+            _ = inner.workers[index].wake.notified() => None,
+            _ = inner.stop.cancelled() => return,
+        };
+        if let Some(ev) = ev {
+            match ev {
+                Event::Message { room, payload } => {
+                    deliver(&inner, &mut positions, &room, &payload).await
+                }
+                Event::Resync { room } => resync(&inner, &mut positions, &room).await,
+                Event::Forget { room } => {
+                    positions.remove(&room);
+                }
+            }
+        }
+        let overflowed: Vec<Arc<str>> = inner.workers[index].overflowed.lock().drain().collect();
+        for room in overflowed {
+            resync(&inner, &mut positions, &room).await;
+        }
+    }
+}
+
+fn deliver_publication(inner: &Inner, room: &str, env: &Envelope, offset: u64, epoch: &str) {
+    let Some(handler) = inner.handler() else {
+        return;
+    };
+    match env.to_publication(offset) {
+        Ok(Some(p)) => handler.on_publication(room, &Arc::new(p), epoch),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(%room, error = %e, "undecodable publication"),
+    }
+}
+
+async fn deliver(
+    inner: &Inner,
+    positions: &mut HashMap<Arc<str>, Position>,
+    room: &Arc<str>,
+    payload: &[u8],
+) {
+    let Some(handler) = inner.handler() else {
+        return;
+    };
+    let msg = match ChannelMessage::parse(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "bad channel message");
+            return;
+        }
+    };
+    let env = match Envelope::decode(msg.body) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "bad envelope");
+            return;
+        }
+    };
+    let info = |i: &EnvelopeClientInfo| i.to_client_info().ok();
+    match &env {
+        Envelope::Join(i) => {
+            if let Some(i) = info(i) {
+                handler.on_join(room, &i);
+            }
+            return;
+        }
+        Envelope::Leave(i) => {
+            if let Some(i) = info(i) {
+                handler.on_leave(room, &i);
+            }
+            return;
+        }
+        Envelope::Publication { .. } => {}
+    }
+    if msg.offset == 0 {
+        deliver_publication(inner, room, &env, 0, "");
+        return;
+    }
+    match positions.get(room) {
+        Some(p) if *p.epoch == *msg.epoch && msg.offset <= p.offset => return,
+        Some(p) if *p.epoch == *msg.epoch && msg.offset > p.offset + 1 => {
+            let from = p.offset;
+            if !repair(inner, positions, room, from, msg.offset - 1, msg.epoch).await {
+                handler.on_lost(room);
+            }
+        }
+        Some(p) if *p.epoch != *msg.epoch => handler.on_lost(room),
+        _ => {}
+    }
+    positions.insert(
+        room.clone(),
+        Position {
+            offset: msg.offset,
+            epoch: msg.epoch.into(),
+        },
+    );
+    deliver_publication(inner, room, &env, msg.offset, msg.epoch);
+}
+
+/// Deliver `after+1 ..= upto` from the stream. False if the range is not all there.
+async fn repair(
+    inner: &Inner,
+    positions: &mut HashMap<Arc<str>, Position>,
+    room: &Arc<str>,
+    after: u64,
+    upto: u64,
+    epoch: &str,
+) -> bool {
+    let query = HistoryQuery {
+        since: Some(StreamPosition {
+            offset: after,
+            epoch: epoch.to_owned(),
+        }),
+        limit: Some((upto - after) as usize),
+        reverse: false,
+    };
+    let page = match inner
+        .read_history(room, &query, false, Duration::ZERO)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "history read for repair failed");
+            return false;
+        }
+    };
+    if page.position.epoch != epoch {
+        return false;
+    }
+    let complete = page.publications.len() as u64 == upto - after
+        && page
+            .publications
+            .first()
+            .is_some_and(|p| p.offset == after + 1);
+    if !complete {
+        return false;
+    }
+    let handler = inner.handler().expect("bug: delivering without a handler");
+    for p in &page.publications {
+        handler.on_publication(room, p, epoch);
+    }
+    positions.insert(
+        room.clone(),
+        Position {
+            offset: upto,
+            epoch: epoch.into(),
+        },
+    );
+    true
+}
+
+/// Reads a resync retries (with backoff, about 15 s in all) while Redis is away.
+const RESYNC_ATTEMPTS: u32 = 8;
+
+/// After a (re)subscribe or a dropped message: deliver what the stream has beyond the
+/// last delivered offset, or report the room lost.
+async fn resync(inner: &Inner, positions: &mut HashMap<Arc<str>, Position>, room: &Arc<str>) {
+    let Some(p) = positions.get(room) else {
+        return;
+    };
+    let (after, epoch) = (p.offset, p.epoch.clone());
+    let query = HistoryQuery {
+        since: Some(StreamPosition {
+            offset: after,
+            epoch: String::new(),
+        }),
+        limit: None,
+        reverse: false,
+    };
+    let mut attempt = 0u32;
+    let page = loop {
+        match inner
+            .read_history(room, &query, false, Duration::ZERO)
+            .await
+        {
+            Ok(p) => break p,
+            Err(e) if attempt < RESYNC_ATTEMPTS => {
+                tracing::debug!(%room, error = %e, "history read for resync failed; retrying");
+                if !backoff(inner, &mut attempt).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "history read for resync failed; room lost");
+                if let Some(h) = inner.handler() {
+                    h.on_lost(room);
+                }
+                positions.remove(room);
+                return;
+            }
+        }
+    };
+    let Some(handler) = inner.handler() else {
+        return;
+    };
+    if page.position.epoch != *epoch || page.position.offset < after {
+        handler.on_lost(room);
+        positions.remove(room);
+        return;
+    }
+    if page.position.offset == after {
+        return;
+    }
+    let complete = page
+        .publications
+        .first()
+        .is_some_and(|p| p.offset == after + 1)
+        && page
+            .publications
+            .last()
+            .is_some_and(|p| p.offset == page.position.offset);
+    if !complete {
+        handler.on_lost(room);
+        positions.insert(
+            room.clone(),
+            Position {
+                offset: page.position.offset,
+                epoch,
+            },
+        );
+        return;
+    }
+    for p in &page.publications {
+        handler.on_publication(room, p, &epoch);
+    }
+    positions.insert(
+        room.clone(),
+        Position {
+            offset: page.position.offset,
+            epoch,
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Pub/sub shards
+// ---------------------------------------------------------------------------------
+
+/// Rooms of shard `index` that should be subscribed.
+fn shard_rooms(inner: &Inner, index: usize) -> Vec<Arc<str>> {
+    inner
+        .rooms
+        .lock()
+        .keys()
+        .filter(|r| hash_index(r, inner.shards.len()) == index)
+        .cloned()
+        .collect()
+}
+
+/// Mark `rooms` subscribed and wake whoever waits for them.
+fn confirm(inner: &Inner, rooms: &[Arc<str>]) {
+    let mut map = inner.rooms.lock();
+    for r in rooms {
+        if let Some(state) = map.get_mut(r) {
+            if let SubState::Pending(waiters) = std::mem::replace(state, SubState::Active) {
+                for w in waiters {
+                    let _ = w.send(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// Split changed rooms into those to subscribe and those to unsubscribe.
+fn wanted(inner: &Inner, changed: HashSet<Arc<str>>) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+    let map = inner.rooms.lock();
+    changed.into_iter().partition(|r| map.contains_key(r))
+}
+
+async fn drain_changes(first: Arc<str>, rx: &mut mpsc::Receiver<Arc<str>>) -> HashSet<Arc<str>> {
+    let mut changed = HashSet::from([first]);
+    while changed.len() < 1000 {
+        match rx.try_recv() {
+            Ok(r) => {
+                changed.insert(r);
+            }
+            Err(_) => break,
+        }
+    }
+    changed
+}
+
+async fn backoff(inner: &Inner, attempt: &mut u32) -> bool {
+    let delay = Duration::from_millis(100u64 << (*attempt).min(5)).min(Duration::from_secs(3));
+    *attempt += 1;
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = inner.stop.cancelled() => false,
+    }
+}
+
+/// One dedicated pub/sub connection to a standalone Redis: reconnects with backoff,
+/// resubscribes its rooms in batches, probes itself with PING.
+async fn single_shard_loop(
+    inner: Arc<Inner>,
+    client: redis::Client,
+    index: usize,
+    mut rx: mpsc::Receiver<Arc<str>>,
+) {
+    let shard = &inner.shards[index];
+    let timeout = inner.cfg.command_timeout;
+    let mut attempt = 0u32;
+    let mut first_connect = true;
+    loop {
+        let pubsub = match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::debug!(shard = index, error = %e, "pub/sub connect failed");
+                if !backoff(&inner, &mut attempt).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                if !backoff(&inner, &mut attempt).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let rooms = shard_rooms(&inner, index);
+        let mut ok = true;
+        for chunk in rooms.chunks(500) {
+            let channels: Vec<String> = chunk.iter().map(|r| inner.channel(r)).collect();
+            match tokio::time::timeout(timeout, sink.subscribe(channels)).await {
+                Ok(Ok(())) => confirm(&inner, chunk),
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            if !backoff(&inner, &mut attempt).await {
+                return;
+            }
+            continue;
+        }
+        attempt = 0;
+        shard.connected.store(true, Ordering::Relaxed);
+        if !first_connect {
+            tracing::info!(
+                shard = index,
+                rooms = rooms.len(),
+                "pub/sub reconnected; repairing rooms"
+            );
+            for r in rooms {
+                inner.resync(r).await;
+            }
+        }
+        first_connect = false;
+        let mut probe = tokio::time::interval(inner.cfg.probe_interval);
+        probe.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(m) => inner.route(m.get_channel_name(), m.get_payload_bytes()),
+                    None => break,
+                },
+                r = rx.recv() => {
+                    let Some(first) = r else { return };
+                    let changed = drain_changes(first, &mut rx).await;
+                    let (subs, unsubs) = wanted(&inner, changed);
+                    if !subs.is_empty() {
+                        let channels: Vec<String> = subs.iter().map(|r| inner.channel(r)).collect();
+                        match tokio::time::timeout(timeout, sink.subscribe(channels)).await {
+                            Ok(Ok(())) => {
+                                confirm(&inner, &subs);
+                                for r in subs {
+                                    inner.resync(r).await;
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
+                    if !unsubs.is_empty() {
+                        let channels: Vec<String> = unsubs.iter().map(|r| inner.channel(r)).collect();
+                        if !matches!(tokio::time::timeout(timeout, sink.unsubscribe(channels)).await, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
+                }
+                _ = probe.tick() => {
+                    // A pub/sub connection can go silent in a failover without closing.
+                    if !matches!(tokio::time::timeout(timeout, sink.ping::<String>()).await, Ok(Ok(_))) {
+                        tracing::warn!(shard = index, "pub/sub probe failed; reconnecting");
+                        break;
+                    }
+                }
+                _ = inner.stop.cancelled() => return,
+            }
+        }
+        shard.connected.store(false, Ordering::Relaxed);
+        tracing::warn!(shard = index, "pub/sub connection lost");
+    }
+}
+
+/// Sharded pub/sub on a Redis Cluster: SSUBSCRIBE through a cluster connection,
+/// which routes each room to its slot's node and resubscribes after topology
+/// changes; a disconnection triggers a resync of the shard's rooms.
+async fn cluster_shard_loop(
+    inner: Arc<Inner>,
+    client: redis::cluster::ClusterClient,
+    index: usize,
+    rx: mpsc::Receiver<Arc<str>>,
+) {
+    let _ = (client, rx);
+    tracing::error!(shard = index, "sharded pub/sub is not implemented");
+    inner.shards[index]
+        .connected
+        .store(false, Ordering::Relaxed);
+}
+
+// ---------------------------------------------------------------------------------
+// Maintenance: command connection probe, presence refresh
+// ---------------------------------------------------------------------------------
+
+async fn maintenance_loop(inner: Arc<Inner>) {
+    let mut probe = tokio::time::interval(inner.cfg.probe_interval);
+    let mut refresh =
+        tokio::time::interval((inner.cfg.presence_ttl / 3).max(Duration::from_millis(100)));
+    let mut failed_probes = 0u32;
+    loop {
+        tokio::select! {
+            _ = probe.tick() => {
+                let mut cmd = inner.cmd();
+                let r = tokio::time::timeout(inner.cfg.command_timeout, redis::cmd("PING").query_async::<String>(&mut cmd)).await;
+                let ok = matches!(r, Ok(Ok(_)));
+                inner.cmd_ok.store(ok, Ordering::Relaxed);
+                failed_probes = if ok { 0 } else { failed_probes + 1 };
+                // A connection that stopped answering without closing is replaced;
+                // one that closed reconnects by itself.
+                if failed_probes >= 2 {
+                    if let Ok(fresh) = connect_cmd(&inner.target, inner.cfg.command_timeout).await {
+                        tracing::warn!("command connection unresponsive; replaced");
+                        *inner.cmd.lock() = fresh;
+                        failed_probes = 0;
+                    }
+                }
+            }
+            _ = refresh.tick() => refresh_presence(&inner).await,
+            _ = inner.stop.cancelled() => return,
+        }
+    }
+}
+
+async fn refresh_presence(inner: &Inner) {
+    let entries: Vec<(String, String, Vec<u8>)> = inner
+        .presence
+        .lock()
+        .iter()
+        .flat_map(|(room, m)| {
+            m.iter()
+                .map(move |(c, i)| (room.clone(), c.clone(), i.clone()))
+        })
+        .collect();
+    for (room, client, info) in entries {
+        if let Err(e) = presence_add_raw(inner, &room, &client, &info).await {
+            tracing::debug!(%room, error = %e, "presence refresh failed");
+            return;
+        }
+    }
+}
+
+async fn presence_add_raw(
+    inner: &Inner,
+    room: &str,
+    client: &str,
+    info: &[u8],
+) -> Result<(), BrokerError> {
+    let mut cmd = inner.cmd();
+    let r: Result<i64, _> = inner
+        .scripts
+        .presence_add
+        .key(inner.key(room, "p"))
+        .key(inner.key(room, "pe"))
+        .arg(client)
+        .arg(info)
+        .arg(inner.cfg.presence_ttl.as_secs().max(1))
+        .invoke_async(&mut cmd)
+        .await;
+    inner.note(r).map(|_| ())
+}
+
+// ---------------------------------------------------------------------------------
+// The Broker implementation
+// ---------------------------------------------------------------------------------
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>) {
+        if self.inner.handler.set(handler).is_err() {
+            tracing::warn!("redis broker handler set twice; keeping the first");
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.inner.cmd_ok.load(Ordering::Relaxed)
+            && self
+                .inner
+                .shards
+                .iter()
+                .all(|s| s.connected.load(Ordering::Relaxed))
+    }
+
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let (rx, send) = {
+            let mut map = inner.rooms.lock();
+            match map.get_mut(room) {
+                Some(SubState::Active) => return Ok(()),
+                Some(SubState::Pending(waiters)) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    (rx, false)
+                }
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    map.insert(room.into(), SubState::Pending(vec![tx]));
+                    (rx, true)
+                }
+            }
+        };
+        if send {
+            let shard = &inner.shards[hash_index(room, inner.shards.len())];
+            shard
+                .tx
+                .send(room.into())
+                .await
+                .map_err(|_| unavailable("engine stopped"))?;
+        }
+        match tokio::time::timeout(inner.cfg.command_timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(unavailable(e)),
+            Ok(Err(_)) => Err(unavailable("subscription abandoned")),
+            Err(_) => Err(unavailable("subscribe timed out")),
+        }
+    }
+
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        if inner.rooms.lock().remove(room).is_none() {
+            return Ok(());
+        }
+        let room: Arc<str> = room.into();
+        let w = &inner.workers[hash_index(&room, inner.workers.len())];
+        let _ = w.tx.send(Event::Forget { room: room.clone() }).await;
+        let shard = &inner.shards[hash_index(&room, inner.shards.len())];
+        shard
+            .tx
+            .send(room)
+            .await
+            .map_err(|_| unavailable("engine stopped"))
+    }
+
+    async fn publish(
+        &self,
+        room: &str,
+        publication: Publication,
+        history: Option<HistoryOptions>,
+    ) -> Result<StreamPosition, BrokerError> {
+        let inner = &self.inner;
+        let body = Envelope::publication(&publication)
+            .encode()
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let publish_cmd = if inner.cluster { "spublish" } else { "publish" };
+        let mut cmd = inner.cmd();
+        let Some(h) = history.filter(|h| h.size > 0 && !h.ttl.is_zero()) else {
+            let r: Result<i64, _> = redis::cmd(publish_cmd)
+                .arg(inner.channel(room))
+                .arg(ChannelMessage::unpositioned(&body))
+                .query_async(&mut cmd)
+                .await;
+            inner.note(r)?;
+            return Ok(StreamPosition::default());
+        };
+        let r: Result<(u64, String), _> = inner
+            .scripts
+            .publish
+            .key(inner.key(room, "m"))
+            .key(inner.key(room, "s"))
+            .arg(inner.channel(room))
+            .arg(body)
+            .arg(h.size)
+            .arg(h.ttl.as_secs().max(1))
+            .arg(h.meta_ttl.max(h.ttl).as_secs().max(1))
+            .arg(new_epoch())
+            .arg(publish_cmd)
+            .invoke_async(&mut cmd)
+            .await;
+        let (offset, epoch) = inner.note(r)?;
+        Ok(StreamPosition { offset, epoch })
+    }
+
+    async fn publish_join(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        self.publish_event(room, Envelope::Join(info.into())).await
+    }
+
+    async fn publish_leave(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        self.publish_event(room, Envelope::Leave(info.into())).await
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        query: HistoryQuery,
+        meta_ttl: Duration,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.inner.read_history(room, &query, true, meta_ttl).await
+    }
+
+    async fn remove_history(&self, room: &str) -> Result<(), BrokerError> {
+        let mut cmd = self.inner.cmd();
+        let r: Result<i64, _> = redis::cmd("DEL")
+            .arg(self.inner.key(room, "s"))
+            .query_async(&mut cmd)
+            .await;
+        self.inner.note(r).map(|_| ())
+    }
+
+    async fn presence_add(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        let bytes = rmp_encode_info(info)?;
+        presence_add_raw(&self.inner, room, &info.client, &bytes).await?;
+        self.inner
+            .presence
+            .lock()
+            .entry(room.to_owned())
+            .or_default()
+            .insert(info.client.clone(), bytes);
+        Ok(())
+    }
+
+    async fn presence_remove(&self, room: &str, client: &str) -> Result<(), BrokerError> {
+        {
+            let mut p = self.inner.presence.lock();
+            if let Some(m) = p.get_mut(room) {
+                m.remove(client);
+                if m.is_empty() {
+                    p.remove(room);
+                }
+            }
+        }
+        let mut cmd = self.inner.cmd();
+        let r: Result<i64, _> = self
+            .inner
+            .scripts
+            .presence_remove
+            .key(self.inner.key(room, "p"))
+            .key(self.inner.key(room, "pe"))
+            .arg(client)
+            .invoke_async(&mut cmd)
+            .await;
+        self.inner.note(r).map(|_| ())
+    }
+
+    async fn presence(&self, room: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
+        let mut cmd = self.inner.cmd();
+        let r: Result<Vec<(String, Vec<u8>)>, _> = self
+            .inner
+            .scripts
+            .presence_get
+            .key(self.inner.key(room, "p"))
+            .key(self.inner.key(room, "pe"))
+            .invoke_async(&mut cmd)
+            .await;
+        let entries = self.inner.note(r)?;
+        let mut out = HashMap::with_capacity(entries.len());
+        for (client, bytes) in entries {
+            match rmp_serde::from_slice::<EnvelopeClientInfo>(&bytes).map(|e| e.to_client_info()) {
+                Ok(Ok(info)) => {
+                    out.insert(client, info);
+                }
+                _ => tracing::warn!(%room, %client, "undecodable presence entry"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn presence_stats(&self, room: &str) -> Result<PresenceStats, BrokerError> {
+        let members = self.presence(room).await?;
+        let users: HashSet<&str> = members.values().map(|i| i.user.as_str()).collect();
+        Ok(PresenceStats {
+            num_clients: members.len() as u32,
+            num_users: users.len() as u32,
+        })
+    }
+}
+
+fn rmp_encode_info(info: &ClientInfo) -> Result<Vec<u8>, BrokerError> {
+    rmp_serde::to_vec(&EnvelopeClientInfo::from(info))
+        .map_err(|e| BrokerError::Internal(e.to_string()))
+}
+
+impl RedisBroker {
+    async fn publish_event(&self, room: &str, env: Envelope) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let body = env
+            .encode()
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let mut cmd = inner.cmd();
+        let r: Result<i64, _> = redis::cmd(if inner.cluster { "spublish" } else { "publish" })
+            .arg(inner.channel(room))
+            .arg(ChannelMessage::unpositioned(&body))
+            .query_async(&mut cmd)
+            .await;
+        inner.note(r).map(|_| ())
+    }
+}

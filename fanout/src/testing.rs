@@ -1,0 +1,288 @@
+//! Real `redis-server` processes for tests (feature `test-util`): each on a free
+//! loopback port with its own directory, stopped when dropped. Never a shared Redis.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server gets to start answering PING.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Send one inline command and return the raw reply (bounded wait).
+pub fn raw_command(port: u16, command: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// One `redis-server` child process.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A server without persistence.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with append-only persistence (history survives a restart).
+    pub fn start_aof() -> Self {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("redis-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis test dir");
+        let mut s = RedisServer {
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(&self.dir)
+        .args(["--daemonize", "no", "--loglevel", "warning"])
+        .args(&self.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .expect("redis-server on PATH (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if raw_command(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the process (SIGKILL: no shutdown save).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port and directory (AOF data, if any, is reloaded).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of `masters` masters without replicas.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli on PATH");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        for n in &nodes {
+            loop {
+                if raw_command(n.port, "CLUSTER INFO")
+                    .is_some_and(|r| r.contains("cluster_state:ok"))
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster did not become ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://` URL listing every node.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+/// A TCP proxy in front of a server, for fault tests: [`Proxy::freeze`] stops
+/// forwarding on the connections open now (a silent connection, as in a failover);
+/// [`Proxy::cut`] closes them. New connections always flow.
+pub struct Proxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// Connections open now: (frozen flag, cut token).
+    conns: parking_lot::Mutex<
+        Vec<(
+            std::sync::Arc<std::sync::atomic::AtomicBool>,
+            tokio_util::sync::CancellationToken,
+        )>,
+    >,
+}
+
+impl Proxy {
+    /// Start a proxy to `127.0.0.1:target` (inside a Tokio runtime).
+    pub async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy bind");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (st, stp) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(v) => v, Err(_) => return },
+                    _ = stp.cancelled() => return,
+                };
+                let Ok(upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    continue;
+                };
+                let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let cut = stp.child_token();
+                st.conns.lock().push((frozen.clone(), cut.clone()));
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                tokio::spawn(pipe(cr, uw, frozen.clone(), cut.clone()));
+                tokio::spawn(pipe(ur, cw, frozen, cut));
+            }
+        });
+        Proxy { port, state, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop forwarding on every connection open now (data stays unread).
+    pub fn freeze(&self) {
+        for (f, _) in self.state.conns.lock().iter() {
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Close every connection open now; what they held is lost.
+    pub fn cut(&self) {
+        for (_, c) in self.state.conns.lock().drain(..) {
+            c.cancel();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            cut.cancelled().await;
+            return;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+            _ = cut.cancelled() => return,
+        };
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            // Frozen while reading: what was read is held back, i.e. lost on cut.
+            cut.cancelled().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

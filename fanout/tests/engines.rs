@@ -1,0 +1,489 @@
+//! One behaviour suite, run against both engines: the in-memory one and the Redis
+//! one on a real `redis-server` started by the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout::testing::{Proxy, RedisServer};
+use fanout::{
+    Broker, BrokerHandler, HistoryOptions, HistoryQuery, MemoryBroker, RedisBroker, RedisConfig,
+};
+use parking_lot::Mutex;
+use shared::protocol::{raw_from_slice, ClientInfo, Publication, StreamPosition};
+use tokio::sync::Notify;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Ev {
+    Pub { room: String, offset: u64, n: u64 },
+    Join(String, String),
+    Leave(String, String),
+    Lost(String),
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Ev>>,
+    notify: Notify,
+}
+
+impl Recorder {
+    fn push(&self, e: Ev) {
+        self.events.lock().push(e);
+        self.notify.notify_waiters();
+    }
+
+    /// Wait until `pred` holds for the recorded events.
+    async fn until(&self, what: &str, pred: impl Fn(&[Ev]) -> bool) -> Vec<Ev> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let ev = self.events.lock();
+                if pred(&ev) {
+                    return ev.clone();
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("timed out waiting for {what}: {:?}", self.events.lock());
+            }
+        }
+    }
+}
+
+impl BrokerHandler for Recorder {
+    fn on_publication(&self, room: &str, p: &Arc<Publication>, _epoch: &str) {
+        let n = serde_json::from_str::<serde_json::Value>(p.data.get()).unwrap()["n"]
+            .as_u64()
+            .unwrap_or(0);
+        self.push(Ev::Pub {
+            room: room.into(),
+            offset: p.offset,
+            n,
+        });
+    }
+    fn on_join(&self, room: &str, info: &ClientInfo) {
+        self.push(Ev::Join(room.into(), info.client.clone()));
+    }
+    fn on_leave(&self, room: &str, info: &ClientInfo) {
+        self.push(Ev::Leave(room.into(), info.client.clone()));
+    }
+    fn on_lost(&self, room: &str) {
+        self.push(Ev::Lost(room.into()));
+    }
+}
+
+fn publication(n: u64) -> Publication {
+    Publication {
+        data: raw_from_slice(format!("{{\"n\":{n}}}").as_bytes()).unwrap(),
+        info: Some(ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: Some(raw_from_slice(br#"{"name":"Ann"}"#).unwrap()),
+            chan_info: None,
+        }),
+        offset: 0,
+        tags: Default::default(),
+    }
+}
+
+const HIST: HistoryOptions = HistoryOptions {
+    size: 5,
+    ttl: Duration::from_secs(60),
+    meta_ttl: Duration::from_secs(600),
+};
+
+fn pubs_in(ev: &[Ev], room: &str) -> Vec<(u64, u64)> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Ev::Pub { room: r, offset, n } if r == room => Some((*offset, *n)),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn memory() -> (Arc<dyn Broker>, Arc<Recorder>) {
+    let b = MemoryBroker::new();
+    let rec = Arc::new(Recorder::default());
+    b.set_handler(rec.clone());
+    (b, rec)
+}
+
+async fn redis(server: &RedisServer) -> (Arc<RedisBroker>, Arc<Recorder>) {
+    let b = RedisBroker::connect(RedisConfig {
+        url: server.url(),
+        pubsub_shards: 2,
+        presence_ttl: Duration::from_secs(2),
+        probe_interval: Duration::from_millis(500),
+        command_timeout: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await
+    .expect("connect to the test redis");
+    let rec = Arc::new(Recorder::default());
+    b.set_handler(rec.clone());
+    (b, rec)
+}
+
+/// Publish with history: offsets from 1 in delivery order, history trimmed to size,
+/// since/limit/reverse, epoch kept and checked.
+async fn history_behaviour(b: Arc<dyn Broker>, rec: Arc<Recorder>) {
+    b.subscribe("h").await.unwrap();
+    let first = b
+        .history("h", HistoryQuery::default(), HIST.meta_ttl)
+        .await
+        .unwrap();
+    assert_eq!(first.position.offset, 0);
+    assert!(!first.position.epoch.is_empty());
+    for n in 1..=7 {
+        let pos = b.publish("h", publication(n), Some(HIST)).await.unwrap();
+        assert_eq!(
+            pos,
+            StreamPosition {
+                offset: n,
+                epoch: first.position.epoch.clone()
+            }
+        );
+    }
+    let ev = rec
+        .until("7 publications", |e| pubs_in(e, "h").len() == 7)
+        .await;
+    assert_eq!(
+        pubs_in(&ev, "h"),
+        (1..=7).map(|n| (n, n)).collect::<Vec<_>>()
+    );
+    let all = b
+        .history("h", HistoryQuery::default(), HIST.meta_ttl)
+        .await
+        .unwrap();
+    let offs: Vec<u64> = all.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offs, vec![3, 4, 5, 6, 7], "trimmed to 5");
+    assert_eq!(
+        all.publications[0]
+            .info
+            .as_ref()
+            .unwrap()
+            .conn_info
+            .as_ref()
+            .unwrap()
+            .get(),
+        r#"{"name":"Ann"}"#
+    );
+    let since = |offset: u64, epoch: &str| StreamPosition {
+        offset,
+        epoch: epoch.into(),
+    };
+    let q = HistoryQuery {
+        since: Some(since(4, &all.position.epoch)),
+        limit: Some(2),
+        reverse: false,
+    };
+    let page = b.history("h", q, HIST.meta_ttl).await.unwrap();
+    assert_eq!(
+        page.publications
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>(),
+        vec![5, 6]
+    );
+    let q = HistoryQuery {
+        since: Some(since(6, "")),
+        limit: None,
+        reverse: true,
+    };
+    let page = b.history("h", q, HIST.meta_ttl).await.unwrap();
+    assert_eq!(
+        page.publications
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>(),
+        vec![5, 4, 3]
+    );
+    let q = HistoryQuery {
+        since: Some(since(1, "wrong")),
+        limit: None,
+        reverse: false,
+    };
+    let page = b.history("h", q, HIST.meta_ttl).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.position.offset, 7);
+    let q = HistoryQuery {
+        limit: Some(0),
+        ..Default::default()
+    };
+    assert!(b
+        .history("h", q, HIST.meta_ttl)
+        .await
+        .unwrap()
+        .publications
+        .is_empty());
+    b.remove_history("h").await.unwrap();
+    let after = b
+        .history("h", HistoryQuery::default(), HIST.meta_ttl)
+        .await
+        .unwrap();
+    assert!(after.publications.is_empty());
+    assert_eq!(
+        after.position.offset, 7,
+        "position survives history removal"
+    );
+}
+
+async fn no_history_and_presence_behaviour(b: Arc<dyn Broker>, rec: Arc<Recorder>) {
+    b.subscribe("p").await.unwrap();
+    let pos = b.publish("p", publication(1), None).await.unwrap();
+    assert_eq!(pos, StreamPosition::default());
+    rec.until("unpositioned publication", |e| {
+        pubs_in(e, "p") == vec![(0, 1)]
+    })
+    .await;
+    let info = |user: &str, client: &str| ClientInfo {
+        user: user.into(),
+        client: client.into(),
+        ..Default::default()
+    };
+    for (u, c) in [("1", "a"), ("1", "b"), ("2", "c")] {
+        b.presence_add("p", &info(u, c)).await.unwrap();
+    }
+    let stats = b.presence_stats("p").await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (3, 2));
+    b.presence_remove("p", "a").await.unwrap();
+    let members = b.presence("p").await.unwrap();
+    let mut clients: Vec<&str> = members.keys().map(String::as_str).collect();
+    clients.sort();
+    assert_eq!(clients, vec!["b", "c"]);
+    b.publish_join("p", &info("9", "z")).await.unwrap();
+    b.publish_leave("p", &info("9", "z")).await.unwrap();
+    let ev = rec
+        .until("join and leave", |e| {
+            e.contains(&Ev::Leave("p".into(), "z".into()))
+        })
+        .await;
+    let j = ev
+        .iter()
+        .position(|e| *e == Ev::Join("p".into(), "z".into()))
+        .unwrap();
+    let l = ev
+        .iter()
+        .position(|e| *e == Ev::Leave("p".into(), "z".into()))
+        .unwrap();
+    assert!(j < l);
+}
+
+#[tokio::test]
+async fn memory_history() {
+    let (b, rec) = memory().await;
+    history_behaviour(b, rec).await;
+}
+
+#[tokio::test]
+async fn memory_presence_and_events() {
+    let (b, rec) = memory().await;
+    no_history_and_presence_behaviour(b, rec).await;
+}
+
+#[tokio::test]
+async fn redis_history() {
+    let server = RedisServer::start();
+    let (b, rec) = redis(&server).await;
+    history_behaviour(b, rec).await;
+}
+
+#[tokio::test]
+async fn redis_presence_and_events() {
+    let server = RedisServer::start();
+    let (b, rec) = redis(&server).await;
+    no_history_and_presence_behaviour(b, rec).await;
+}
+
+#[tokio::test]
+async fn redis_delivers_across_brokers_only_to_subscribed_nodes() {
+    let server = RedisServer::start();
+    let (a, rec_a) = redis(&server).await;
+    let (b, rec_b) = redis(&server).await;
+    a.subscribe("x").await.unwrap();
+    b.publish("x", publication(1), Some(HIST)).await.unwrap();
+    b.publish("y", publication(2), Some(HIST)).await.unwrap();
+    rec_a
+        .until("x on node a", |e| pubs_in(e, "x") == vec![(1, 1)])
+        .await;
+    assert!(rec_b.events.lock().is_empty(), "b subscribed to nothing");
+    a.unsubscribe("x").await.unwrap();
+    b.subscribe("x").await.unwrap();
+    b.publish("x", publication(3), Some(HIST)).await.unwrap();
+    rec_b
+        .until("x on node b", |e| pubs_in(e, "x") == vec![(2, 3)])
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        pubs_in(&rec_a.events.lock(), "x").len(),
+        1,
+        "a unsubscribed"
+    );
+    assert!(pubs_in(&rec_a.events.lock(), "y").is_empty());
+}
+
+#[tokio::test]
+async fn redis_presence_of_a_vanished_node_expires() {
+    let server = RedisServer::start();
+    let (a, _) = redis(&server).await;
+    let (b, _) = redis(&server).await;
+    let info = ClientInfo {
+        user: "1".into(),
+        client: "gone".into(),
+        ..Default::default()
+    };
+    a.presence_add("r", &info).await.unwrap();
+    assert_eq!(b.presence_stats("r").await.unwrap().num_clients, 1);
+    drop(a);
+    // presence_ttl is 2 s in these tests; nobody refreshes the entry any more.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.presence_stats("r").await.unwrap().num_clients != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entry never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_live_node_keeps_its_presence_beyond_the_ttl() {
+    let server = RedisServer::start();
+    let (a, _) = redis(&server).await;
+    let info = ClientInfo {
+        user: "1".into(),
+        client: "here".into(),
+        ..Default::default()
+    };
+    a.presence_add("r", &info).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        a.presence_stats("r").await.unwrap().num_clients,
+        1,
+        "refreshed by its node"
+    );
+}
+
+async fn redis_via(url: String) -> (Arc<RedisBroker>, Arc<Recorder>) {
+    let b = RedisBroker::connect(RedisConfig {
+        url,
+        pubsub_shards: 1,
+        probe_interval: Duration::from_millis(300),
+        command_timeout: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await
+    .expect("connect through the proxy");
+    let rec = Arc::new(Recorder::default());
+    b.set_handler(rec.clone());
+    (b, rec)
+}
+
+/// A node whose pub/sub connection breaks misses publications; after it reconnects
+/// it repairs them from history, in order, before newer ones.
+#[tokio::test]
+async fn redis_repairs_from_history_after_pubsub_reconnect() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let (a, rec) = redis_via(proxy.url()).await;
+    let (b, _) = redis(&server).await;
+    a.subscribe("r").await.unwrap();
+    b.publish("r", publication(1), Some(HIST)).await.unwrap();
+    rec.until("first", |e| pubs_in(e, "r").len() == 1).await;
+    proxy.freeze();
+    for n in 2..=4 {
+        b.publish("r", publication(n), Some(HIST)).await.unwrap();
+    }
+    proxy.cut();
+    let ev = rec
+        .until("repaired 2..4", |e| pubs_in(e, "r").len() >= 4)
+        .await;
+    assert_eq!(pubs_in(&ev, "r"), vec![(1, 1), (2, 2), (3, 3), (4, 4)]);
+    b.publish("r", publication(5), Some(HIST)).await.unwrap();
+    let ev = rec.until("live 5", |e| pubs_in(e, "r").len() >= 5).await;
+    assert_eq!(
+        pubs_in(&ev, "r"),
+        (1..=5).map(|n| (n, n)).collect::<Vec<_>>()
+    );
+    assert!(!ev.iter().any(|e| matches!(e, Ev::Lost(_))));
+}
+
+/// A pub/sub connection that goes silent without closing (as in a failover) is found
+/// by the probe, restarted, and the room repaired.
+#[tokio::test]
+async fn redis_silent_pubsub_connection_is_probed_and_restarted() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let (a, rec) = redis_via(proxy.url()).await;
+    let (b, _) = redis(&server).await;
+    a.subscribe("r").await.unwrap();
+    b.publish("r", publication(1), Some(HIST)).await.unwrap();
+    rec.until("first", |e| pubs_in(e, "r").len() == 1).await;
+    proxy.freeze();
+    for n in 2..=3 {
+        b.publish("r", publication(n), Some(HIST)).await.unwrap();
+    }
+    // Nothing is cut: only the probe can notice.
+    let ev = rec
+        .until("repaired 2..3", |e| pubs_in(e, "r").len() >= 3)
+        .await;
+    assert_eq!(pubs_in(&ev, "r"), vec![(1, 1), (2, 2), (3, 3)]);
+}
+
+/// When the missed range has left history, the node says so instead of skipping.
+#[tokio::test]
+async fn redis_reports_a_room_lost_when_history_cannot_repair() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let (a, rec) = redis_via(proxy.url()).await;
+    let (b, _) = redis(&server).await;
+    a.subscribe("r").await.unwrap();
+    b.publish("r", publication(1), Some(HIST)).await.unwrap();
+    rec.until("first", |e| pubs_in(e, "r").len() == 1).await;
+    proxy.freeze();
+    for n in 2..=12 {
+        b.publish("r", publication(n), Some(HIST)).await.unwrap();
+    }
+    proxy.cut();
+    rec.until("lost", |e| e.contains(&Ev::Lost("r".into())))
+        .await;
+    b.publish("r", publication(13), Some(HIST)).await.unwrap();
+    let ev = rec
+        .until("live 13", |e| pubs_in(e, "r").iter().any(|p| p.0 == 13))
+        .await;
+    assert_eq!(
+        pubs_in(&ev, "r"),
+        vec![(1, 1), (13, 13)],
+        "nothing partial, nothing reordered"
+    );
+}
+
+#[tokio::test]
+async fn redis_unreachable_fails_fast_and_health_follows_the_server() {
+    let mut server = RedisServer::start();
+    let (a, _) = redis(&server).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !a.is_healthy() {
+        assert!(tokio::time::Instant::now() < deadline, "never healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill();
+    let err = a.publish("r", publication(1), None).await;
+    assert!(err.is_err(), "publish to a dead redis fails");
+    while a.is_healthy() {
+        assert!(tokio::time::Instant::now() < deadline, "never unhealthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.restart();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !a.is_healthy() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never healthy again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.publish("r", publication(2), None).await.unwrap();
+}
