@@ -215,11 +215,32 @@ impl ConnectionLike for CmdConn {
     }
 }
 
+/// Flatten arguments for [`Inner::eval`].
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {{
+        let mut v: Vec<Vec<u8>> = Vec::new();
+        $(v.extend(redis::ToRedisArgs::to_redis_args(&$a));)*
+        v
+    }};
+}
+
+/// Whether a failed command may be run again.
+fn retryable(e: &redis::RedisError, idempotent: bool) -> bool {
+    let never_sent = e.is_connection_refusal()
+        || matches!(e.kind(), redis::ErrorKind::Io)
+            && e.to_string().to_ascii_lowercase().contains("broken pipe");
+    never_sent || (idempotent && (e.is_connection_dropped() || e.is_io_error()))
+}
+
 /// Where the engine connects.
 #[derive(Clone)]
 enum Target {
     Single(redis::Client),
-    Cluster(Box<redis::cluster::ClusterClient>),
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        /// Seed nodes, for the pub/sub clients (each has its own push callback).
+        nodes: Vec<String>,
+    },
 }
 
 /// Parse the URL into a target. `redis+cluster://h1:p1,h2:p2` lists seed nodes.
@@ -236,12 +257,15 @@ fn target(url: &str, timeout: Duration) -> Result<Target, BrokerError> {
                 "redis+cluster:// needs at least one host:port".into(),
             ));
         }
-        let client = redis::cluster::ClusterClientBuilder::new(nodes)
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .build()
             .map_err(|e| BrokerError::Internal(format!("cluster url: {e}")))?;
-        Ok(Target::Cluster(Box::new(client)))
+        Ok(Target::Cluster {
+            client: Box::new(client),
+            nodes,
+        })
     } else {
         let client = redis::Client::open(url)
             .map_err(|e| BrokerError::Internal(format!("redis url: {e}")))?;
@@ -263,7 +287,7 @@ async fn connect_cmd(target: &Target, timeout: Duration) -> Result<CmdConn, Brok
                 .map_err(unavailable)?;
             Ok(CmdConn::Single(cm))
         }
-        Target::Cluster(client) => {
+        Target::Cluster { client, .. } => {
             let c = tokio::time::timeout(timeout, client.get_async_connection())
                 .await
                 .map_err(|_| unavailable("connect timed out"))?
@@ -391,7 +415,7 @@ impl RedisBroker {
             })
             .collect();
         let inner = Arc::new(Inner {
-            cluster: matches!(target, Target::Cluster(_)),
+            cluster: matches!(target, Target::Cluster { .. }),
             cfg,
             target: target.clone(),
             cmd: Mutex::new(cmd),
@@ -419,8 +443,8 @@ impl RedisBroker {
                 Target::Single(client) => {
                     tokio::spawn(single_shard_loop(inner.clone(), client.clone(), i, rx));
                 }
-                Target::Cluster(client) => {
-                    tokio::spawn(cluster_shard_loop(inner.clone(), (**client).clone(), i, rx));
+                Target::Cluster { nodes, .. } => {
+                    tokio::spawn(cluster_shard_loop(inner.clone(), nodes.clone(), i, rx));
                 }
             }
         }
@@ -460,6 +484,57 @@ impl Inner {
 
     fn cmd(&self) -> CmdConn {
         self.cmd.lock().clone()
+    }
+
+    /// Run a command, once more on a fresh connection if the first attempt failed
+    /// on a dropped connection (the first command after a Redis restart does) and a
+    /// second run is harmless: `idempotent`, or the command cannot have been sent.
+    async fn run<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T, BrokerError>
+    where
+        F: Fn(CmdConn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        match f(self.cmd()).await {
+            Err(e) if retryable(&e, idempotent) => {
+                tracing::debug!(error = %e, "redis command failed on a dropped connection; retrying once");
+                let r = f(self.cmd()).await;
+                self.note(r)
+            }
+            r => self.note(r),
+        }
+    }
+
+    /// Run `script` on `keys` (one slot) with `args`; see [`Inner::run`].
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+        idempotent: bool,
+    ) -> Result<T, BrokerError> {
+        self.run(idempotent, |mut cmd| async move {
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
+            for a in args {
+                inv.arg(a.as_slice());
+            }
+            inv.invoke_async(&mut cmd).await
+        })
+        .await
+    }
+
+    /// Run one command; see [`Inner::run`].
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        c: &Cmd,
+        idempotent: bool,
+    ) -> Result<T, BrokerError> {
+        self.run(idempotent, |mut cmd| async move {
+            c.query_async(&mut cmd).await
+        })
+        .await
     }
 
     fn note<T>(&self, r: Result<T, redis::RedisError>) -> Result<T, BrokerError> {
@@ -519,26 +594,23 @@ impl Inner {
             None => -1,
             Some(n) => n.min(i64::MAX as usize) as i64,
         };
-        let mut cmd = self.cmd();
-        let r: Result<HistoryReply, _> = self
-            .scripts
-            .history
-            .key(self.key(room, "m"))
-            .key(self.key(room, "s"))
-            .arg(if create_epoch {
-                new_epoch()
-            } else {
-                String::new()
-            })
-            .arg(meta_ttl.as_secs().max(1))
-            .arg(since.offset)
-            .arg(&since.epoch)
-            .arg(count)
-            .arg(if query.reverse { 1 } else { 0 })
-            .arg(if query.since.is_some() { 1 } else { 0 })
-            .invoke_async(&mut cmd)
-            .await;
-        let (top, epoch, ids, data) = self.note(r)?;
+        let fresh_epoch = if create_epoch {
+            new_epoch()
+        } else {
+            String::new()
+        };
+        let args = args![
+            fresh_epoch,
+            meta_ttl.as_secs().max(1),
+            since.offset,
+            since.epoch,
+            count,
+            u8::from(query.reverse),
+            u8::from(query.since.is_some()),
+        ];
+        let keys = [self.key(room, "m"), self.key(room, "s")];
+        let (top, epoch, ids, data): HistoryReply =
+            self.eval(&self.scripts.history, &keys, &args, true).await?;
         let mut publications = Vec::with_capacity(ids.len());
         for (id, body) in ids.iter().zip(data) {
             let offset: u64 = id
@@ -973,20 +1045,113 @@ async fn single_shard_loop(
     }
 }
 
-/// Sharded pub/sub on a Redis Cluster: SSUBSCRIBE through a cluster connection,
-/// which routes each room to its slot's node and resubscribes after topology
-/// changes; a disconnection triggers a resync of the shard's rooms.
+/// Sharded pub/sub on a Redis Cluster: SSUBSCRIBE through a RESP3 cluster
+/// connection, which routes each room to its slot's node and resubscribes by itself
+/// after a disconnection or a topology change. Messages arrive through the push
+/// callback; after a disconnection the shard's rooms are resynced from history.
 async fn cluster_shard_loop(
     inner: Arc<Inner>,
-    client: redis::cluster::ClusterClient,
+    nodes: Vec<String>,
     index: usize,
-    rx: mpsc::Receiver<Arc<str>>,
+    mut rx: mpsc::Receiver<Arc<str>>,
 ) {
-    let _ = (client, rx);
-    tracing::error!(shard = index, "sharded pub/sub is not implemented");
-    inner.shards[index]
-        .connected
-        .store(false, Ordering::Relaxed);
+    let shard = &inner.shards[index];
+    let timeout = inner.cfg.command_timeout;
+    let disconnected = Arc::new(AtomicBool::new(false));
+    let weak = Arc::downgrade(&inner);
+    let flag = disconnected.clone();
+    let push = move |info: redis::PushInfo| -> Result<(), ()> {
+        match info.kind {
+            redis::PushKind::SMessage | redis::PushKind::Message => {
+                if let (Some(inner), [Value::BulkString(ch), Value::BulkString(payload)]) =
+                    (weak.upgrade(), info.data.as_slice())
+                {
+                    inner.route(&String::from_utf8_lossy(ch), payload);
+                }
+            }
+            redis::PushKind::Disconnection => flag.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        Ok(())
+    };
+    let client = match redis::cluster::ClusterClientBuilder::new(nodes)
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(push)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(shard = index, error = %e, "cluster pub/sub client");
+            return;
+        }
+    };
+    let mut attempt = 0u32;
+    let mut con = loop {
+        match tokio::time::timeout(timeout, client.get_async_connection()).await {
+            Ok(Ok(c)) => break c,
+            _ => {
+                if !backoff(&inner, &mut attempt).await {
+                    return;
+                }
+            }
+        }
+    };
+    shard.connected.store(true, Ordering::Relaxed);
+    let mut probe = tokio::time::interval(inner.cfg.probe_interval);
+    probe.tick().await;
+    loop {
+        tokio::select! {
+            r = rx.recv() => {
+                let Some(first) = r else { return };
+                let changed = drain_changes(first, &mut rx).await;
+                let (subs, unsubs) = wanted(&inner, changed);
+                // SSUBSCRIBE takes channels of one slot: one command per room,
+                // pipelined over the multiplexed connection.
+                let results = futures_util::future::join_all(subs.iter().map(|r| {
+                    let mut c = con.clone();
+                    let ch = inner.channel(r);
+                    async move { tokio::time::timeout(timeout, c.ssubscribe(ch)).await }
+                }))
+                .await;
+                let mut done = Vec::new();
+                for (room, res) in subs.into_iter().zip(results) {
+                    match res {
+                        Ok(Ok(())) => done.push(room),
+                        _ => {
+                            tracing::warn!(shard = index, %room, "ssubscribe failed; retrying");
+                            let _ = shard.tx.try_send(room);
+                        }
+                    }
+                }
+                confirm(&inner, &done);
+                for r in done {
+                    inner.resync(r).await;
+                }
+                for room in unsubs {
+                    let mut c = con.clone();
+                    let _ = tokio::time::timeout(timeout, c.sunsubscribe(inner.channel(&room))).await;
+                }
+            }
+            _ = probe.tick() => {
+                let ok = matches!(
+                    tokio::time::timeout(timeout, redis::cmd("PING").query_async::<Value>(&mut con)).await,
+                    Ok(Ok(_))
+                );
+                shard.connected.store(ok, Ordering::Relaxed);
+                if ok && disconnected.swap(false, Ordering::Relaxed) {
+                    // The connection resubscribed by itself; fetch what was missed.
+                    let rooms = shard_rooms(&inner, index);
+                    tracing::info!(shard = index, rooms = rooms.len(), "cluster pub/sub reconnected; repairing rooms");
+                    for r in rooms {
+                        inner.resync(r).await;
+                    }
+                }
+            }
+            _ = inner.stop.cancelled() => return,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1046,18 +1211,12 @@ async fn presence_add_raw(
     client: &str,
     info: &[u8],
 ) -> Result<(), BrokerError> {
-    let mut cmd = inner.cmd();
-    let r: Result<i64, _> = inner
-        .scripts
-        .presence_add
-        .key(inner.key(room, "p"))
-        .key(inner.key(room, "pe"))
-        .arg(client)
-        .arg(info)
-        .arg(inner.cfg.presence_ttl.as_secs().max(1))
-        .invoke_async(&mut cmd)
-        .await;
-    inner.note(r).map(|_| ())
+    let keys = [inner.key(room, "p"), inner.key(room, "pe")];
+    let args = args![client, info, inner.cfg.presence_ttl.as_secs().max(1)];
+    inner
+        .eval::<i64>(&inner.scripts.presence_add, &keys, &args, true)
+        .await
+        .map(|_| ())
 }
 
 // ---------------------------------------------------------------------------------
@@ -1142,31 +1301,27 @@ impl Broker for RedisBroker {
             .encode()
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
         let publish_cmd = if inner.cluster { "spublish" } else { "publish" };
-        let mut cmd = inner.cmd();
         let Some(h) = history.filter(|h| h.size > 0 && !h.ttl.is_zero()) else {
-            let r: Result<i64, _> = redis::cmd(publish_cmd)
-                .arg(inner.channel(room))
-                .arg(ChannelMessage::unpositioned(&body))
-                .query_async(&mut cmd)
-                .await;
-            inner.note(r)?;
+            let mut c = redis::cmd(publish_cmd);
+            c.arg(inner.channel(room))
+                .arg(ChannelMessage::unpositioned(&body));
+            inner.query::<i64>(&c, false).await?;
             return Ok(StreamPosition::default());
         };
-        let r: Result<(u64, String), _> = inner
-            .scripts
-            .publish
-            .key(inner.key(room, "m"))
-            .key(inner.key(room, "s"))
-            .arg(inner.channel(room))
-            .arg(body)
-            .arg(h.size)
-            .arg(h.ttl.as_secs().max(1))
-            .arg(h.meta_ttl.max(h.ttl).as_secs().max(1))
-            .arg(new_epoch())
-            .arg(publish_cmd)
-            .invoke_async(&mut cmd)
-            .await;
-        let (offset, epoch) = inner.note(r)?;
+        let keys = [inner.key(room, "m"), inner.key(room, "s")];
+        let args = args![
+            inner.channel(room),
+            body,
+            h.size,
+            h.ttl.as_secs().max(1),
+            h.meta_ttl.max(h.ttl).as_secs().max(1),
+            new_epoch(),
+            publish_cmd,
+        ];
+        // Not idempotent: a second run would publish twice.
+        let (offset, epoch): (u64, String) = inner
+            .eval(&inner.scripts.publish, &keys, &args, false)
+            .await?;
         Ok(StreamPosition { offset, epoch })
     }
 
@@ -1188,12 +1343,9 @@ impl Broker for RedisBroker {
     }
 
     async fn remove_history(&self, room: &str) -> Result<(), BrokerError> {
-        let mut cmd = self.inner.cmd();
-        let r: Result<i64, _> = redis::cmd("DEL")
-            .arg(self.inner.key(room, "s"))
-            .query_async(&mut cmd)
-            .await;
-        self.inner.note(r).map(|_| ())
+        let mut c = redis::cmd("DEL");
+        c.arg(self.inner.key(room, "s"));
+        self.inner.query::<i64>(&c, true).await.map(|_| ())
     }
 
     async fn presence_add(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
@@ -1218,30 +1370,20 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        let mut cmd = self.inner.cmd();
-        let r: Result<i64, _> = self
-            .inner
-            .scripts
-            .presence_remove
-            .key(self.inner.key(room, "p"))
-            .key(self.inner.key(room, "pe"))
-            .arg(client)
-            .invoke_async(&mut cmd)
-            .await;
-        self.inner.note(r).map(|_| ())
+        let inner = &self.inner;
+        let keys = [inner.key(room, "p"), inner.key(room, "pe")];
+        inner
+            .eval::<i64>(&inner.scripts.presence_remove, &keys, &args![client], true)
+            .await
+            .map(|_| ())
     }
 
     async fn presence(&self, room: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
-        let mut cmd = self.inner.cmd();
-        let r: Result<Vec<(String, Vec<u8>)>, _> = self
-            .inner
-            .scripts
-            .presence_get
-            .key(self.inner.key(room, "p"))
-            .key(self.inner.key(room, "pe"))
-            .invoke_async(&mut cmd)
-            .await;
-        let entries = self.inner.note(r)?;
+        let inner = &self.inner;
+        let keys = [inner.key(room, "p"), inner.key(room, "pe")];
+        let entries: Vec<(String, Vec<u8>)> = inner
+            .eval(&inner.scripts.presence_get, &keys, &[], true)
+            .await?;
         let mut out = HashMap::with_capacity(entries.len());
         for (client, bytes) in entries {
             match rmp_serde::from_slice::<EnvelopeClientInfo>(&bytes).map(|e| e.to_client_info()) {
@@ -1275,12 +1417,9 @@ impl RedisBroker {
         let body = env
             .encode()
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let mut cmd = inner.cmd();
-        let r: Result<i64, _> = redis::cmd(if inner.cluster { "spublish" } else { "publish" })
-            .arg(inner.channel(room))
-            .arg(ChannelMessage::unpositioned(&body))
-            .query_async(&mut cmd)
-            .await;
-        inner.note(r).map(|_| ())
+        let mut c = redis::cmd(if inner.cluster { "spublish" } else { "publish" });
+        c.arg(inner.channel(room))
+            .arg(ChannelMessage::unpositioned(&body));
+        inner.query::<i64>(&c, false).await.map(|_| ())
     }
 }

@@ -487,3 +487,67 @@ async fn redis_unreachable_fails_fast_and_health_follows_the_server() {
     }
     a.publish("r", publication(2), None).await.unwrap();
 }
+
+async fn cluster_broker(url: String) -> (Arc<RedisBroker>, Arc<Recorder>) {
+    let b = RedisBroker::connect(RedisConfig {
+        url,
+        pubsub_shards: 2,
+        command_timeout: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await
+    .expect("connect to the test cluster");
+    let rec = Arc::new(Recorder::default());
+    b.set_handler(rec.clone());
+    (b, rec)
+}
+
+/// Three masters: rooms spread over slots, sharded pub/sub, history and presence.
+#[tokio::test]
+async fn redis_cluster_rooms_over_slots() {
+    let cluster = fanout::testing::RedisCluster::start(3);
+    let (a, rec) = cluster_broker(cluster.url()).await;
+    let (b, _) = cluster_broker(cluster.url()).await;
+    let rooms: Vec<String> = (0..30).map(|i| format!("room-{i}")).collect();
+    for r in &rooms {
+        a.subscribe(r).await.unwrap();
+    }
+    for n in 1..=3 {
+        for r in &rooms {
+            let pos = b.publish(r, publication(n), Some(HIST)).await.unwrap();
+            assert_eq!(pos.offset, n);
+        }
+    }
+    let ev = rec
+        .until("90 publications", |e| {
+            e.iter().filter(|x| matches!(x, Ev::Pub { .. })).count() == 90
+        })
+        .await;
+    for r in &rooms {
+        assert_eq!(pubs_in(&ev, r), vec![(1, 1), (2, 2), (3, 3)], "{r}");
+    }
+    let page = b
+        .history("room-7", HistoryQuery::default(), HIST.meta_ttl)
+        .await
+        .unwrap();
+    assert_eq!(page.publications.len(), 3);
+    let info = ClientInfo {
+        user: "1".into(),
+        client: "c".into(),
+        ..Default::default()
+    };
+    b.presence_add("room-3", &info).await.unwrap();
+    assert_eq!(a.presence_stats("room-3").await.unwrap().num_clients, 1);
+    b.publish("room-5", publication(9), None).await.unwrap();
+    rec.until("unpositioned", |e| pubs_in(e, "room-5").contains(&(0, 9)))
+        .await;
+    // Which masters hold the rooms: more than one, or the test proves nothing.
+    let mut used = std::collections::HashSet::new();
+    for n in &cluster.nodes {
+        let keys = fanout::testing::raw_command(n.port, "DBSIZE").unwrap();
+        if keys.trim() != ":0" {
+            used.insert(n.port);
+        }
+    }
+    assert!(used.len() > 1, "rooms spread over masters");
+}

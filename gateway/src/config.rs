@@ -60,6 +60,8 @@ pub struct Config {
     pub channel: ChannelOptions,
     /// Namespaces by name: a channel `ns:room` takes the options of `ns`.
     pub namespaces: HashMap<String, ChannelOptions>,
+    /// Redis engine tuning (used when `redis_url` is set).
+    pub redis: RedisSection,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
 }
@@ -76,6 +78,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             channel: ChannelOptions::default(),
             namespaces: HashMap::new(),
+            redis: RedisSection::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -239,6 +242,60 @@ impl ChannelOptions {
     }
 }
 
+/// Redis engine settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSection {
+    /// Prefix of every key and channel, so several deployments can share a Redis.
+    /// Default `gw`.
+    pub prefix: String,
+    /// Dedicated pub/sub connections rooms are spread over. Default 4.
+    pub pubsub_shards: usize,
+    /// Ordered delivery workers. Default 4.
+    pub workers: usize,
+    /// Presence entries of a node that stops refreshing them (it crashed) expire
+    /// after this. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+    /// Timeout of one Redis command and of connecting. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How often connections are probed; a silent one is restarted. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        let d = fanout::RedisConfig::default();
+        RedisSection {
+            prefix: d.prefix,
+            pubsub_shards: d.pubsub_shards,
+            workers: d.workers,
+            presence_ttl: d.presence_ttl,
+            command_timeout: d.command_timeout,
+            probe_interval: d.probe_interval,
+        }
+    }
+}
+
+impl Config {
+    /// The Redis engine's settings, if a Redis URL is configured.
+    pub fn redis_config(&self) -> Option<fanout::RedisConfig> {
+        let r = &self.redis;
+        self.redis_url.as_ref().map(|url| fanout::RedisConfig {
+            url: url.clone(),
+            prefix: r.prefix.clone(),
+            pubsub_shards: r.pubsub_shards,
+            workers: r.workers,
+            presence_ttl: r.presence_ttl,
+            command_timeout: r.command_timeout,
+            probe_interval: r.probe_interval,
+            ..fanout::RedisConfig::default()
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
@@ -338,10 +395,25 @@ impl Config {
                     "must start with redis://, rediss:// or redis+cluster://",
                 ));
             }
-            return Err(invalid(
-                "redis_url",
-                "the Redis engine is not available in this build yet; unset it to run one node on the in-memory engine",
-            ));
+        }
+        let r = &self.redis;
+        if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {
+            return Err(invalid("redis.prefix", "must be non-empty, without { or }"));
+        }
+        if r.pubsub_shards == 0 {
+            return Err(invalid("redis.pubsub_shards", "must be > 0"));
+        }
+        if r.workers == 0 {
+            return Err(invalid("redis.workers", "must be > 0"));
+        }
+        if r.presence_ttl < Duration::from_secs(1) {
+            return Err(invalid("redis.presence_ttl", "must be at least 1s"));
+        }
+        if r.command_timeout.is_zero() {
+            return Err(invalid("redis.command_timeout", "must be > 0"));
+        }
+        if r.probe_interval.is_zero() {
+            return Err(invalid("redis.probe_interval", "must be > 0"));
         }
         if let Some(k) = &self.api_key {
             if k.is_empty() {

@@ -242,9 +242,12 @@ impl Hub {
             }
             due
         };
-        due.into_iter()
-            .filter(|r| !self.shard(r).lock().contains_key(r))
-            .collect()
+        due.into_iter().filter(|r| !self.has_room(r)).collect()
+    }
+
+    /// Whether `room` has local subscribers.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.shard(room).lock().contains_key(room)
     }
 
     /// Rooms with local subscribers.

@@ -105,8 +105,21 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
         let local = listener.local_addr()?;
-        let broker = fanout::MemoryBroker::new();
-        tracing::info!(node = %config.node_name, engine = "memory", "single node on the in-memory broker");
+        let broker: Arc<dyn fanout::Broker> = match config.redis_config() {
+            Some(rc) => {
+                // Never log credentials: only what follows an `@`.
+                let url = rc.url.rsplit('@').next().unwrap_or_default().to_owned();
+                let b = fanout::RedisBroker::connect(rc)
+                    .await
+                    .with_context(|| format!("redis_url ({url}): cannot reach Redis"))?;
+                tracing::info!(node = %config.node_name, engine = "redis", %url, "cluster node on Redis");
+                b
+            }
+            None => {
+                tracing::info!(node = %config.node_name, engine = "memory", "single node on the in-memory broker");
+                fanout::MemoryBroker::new()
+            }
+        };
         let node: Arc<Node> = Node::new(config, broker)?;
         tracing::info!("clients connect to ws://{local}{}", gateway::server::WEBSOCKET_PATH);
         if let Some(secret) = generated {

@@ -56,9 +56,12 @@ impl Node {
         Ok(node)
     }
 
-    /// Whether the node takes new clients (`/readyz`).
+    /// Whether the node takes new clients (`/readyz`): not draining, and its broker
+    /// reaches its backing store.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
+        self.ready.load(Ordering::Relaxed)
+            && !self.shutdown.is_cancelled()
+            && self.broker.is_healthy()
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -77,6 +80,14 @@ async fn unsubscribe_idle_rooms(node: Arc<Node>) {
         for room in node.hub.take_idle_rooms(ROOM_UNSUBSCRIBE_DELAY) {
             if let Err(e) = node.broker.unsubscribe(&room).await {
                 tracing::warn!(room = %room, error = %e, "broker unsubscribe failed");
+            }
+            // A member may have joined between the check and the unsubscribe, seen
+            // the room still subscribed and skipped subscribing: subscribe again.
+            // (Positioned members notice the gap and recover.)
+            if node.hub.has_room(&room) {
+                if let Err(e) = node.broker.subscribe(&room).await {
+                    tracing::warn!(room = %room, error = %e, "broker resubscribe failed");
+                }
             }
         }
     }

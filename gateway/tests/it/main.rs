@@ -1,6 +1,7 @@
 //! Integration tests: real gateways on 127.0.0.1:0, real WebSocket clients over TCP.
 
 mod auth;
+mod cluster;
 mod delivery;
 mod lifecycle;
 mod limits;

@@ -40,16 +40,14 @@ async fn require_node(dir: &Path) {
     );
 }
 
-#[tokio::test]
-async fn centrifuge_js_connects_publishes_reads_presence_history_and_recovers() {
+/// Run the script with client A on `url_a` and client B on `url_b`.
+async fn run_interop(url_a: String, url_b: String) {
     let dir = sdk_dir();
     require_node(&dir).await;
-    // The script checks join and leave events too.
-    let gw = TestGateway::with(|c| c.channel.join_leave = true).await;
 
     let child = tokio::process::Command::new("node")
         .arg(dir.join("interop.mjs"))
-        .arg(gw.url())
+        .arg(format!("{url_a},{url_b}"))
         .arg(token("alice"))
         .arg(token("bob"))
         .current_dir(&dir)
@@ -87,4 +85,19 @@ async fn centrifuge_js_connects_publishes_reads_presence_history_and_recovers() 
     );
     // Shown with --nocapture: the steps the SDK went through.
     println!("{stdout}");
+}
+
+#[tokio::test]
+async fn centrifuge_js_connects_publishes_reads_presence_history_and_recovers() {
+    // The script checks join and leave events too.
+    let gw = TestGateway::with(|c| c.channel.join_leave = true).await;
+    run_interop(gw.url(), gw.url()).await;
+}
+
+#[tokio::test]
+async fn centrifuge_js_across_two_nodes_sharing_redis() {
+    let redis = fanout::testing::RedisServer::start();
+    let a = TestGateway::on_redis(&redis.url(), |c| c.channel.join_leave = true).await;
+    let b = TestGateway::on_redis(&redis.url(), |c| c.channel.join_leave = true).await;
+    run_interop(a.url(), b.url()).await;
 }

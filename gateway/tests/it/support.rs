@@ -54,9 +54,26 @@ impl TestGateway {
     }
 
     pub async fn with_config(config: Config) -> Self {
+        Self::with_broker(config, fanout::MemoryBroker::new()).await
+    }
+
+    /// A node on the Redis at `url` (quick probes, so fault tests run fast).
+    pub async fn on_redis(url: &str, f: impl FnOnce(&mut Config)) -> Self {
+        let mut c = test_config();
+        c.redis_url = Some(url.to_owned());
+        c.redis.probe_interval = Duration::from_millis(300);
+        c.redis.command_timeout = Duration::from_secs(1);
+        f(&mut c);
+        let broker = fanout::RedisBroker::connect(c.redis_config().expect("redis url set"))
+            .await
+            .expect("redis reachable");
+        Self::with_broker(c, broker).await
+    }
+
+    pub async fn with_broker(config: Config, broker: Arc<dyn fanout::Broker>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let node = Node::new(config, fanout::MemoryBroker::new()).expect("node starts");
+        let node = Node::new(config, broker).expect("node starts");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::run(listener, node.clone(), async move {
             let _ = stopped.await;

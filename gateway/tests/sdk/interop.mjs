@@ -191,8 +191,10 @@ async function expectPub(c, { data, offset, from }, what) {
 }
 
 async function main() {
-  const [url, tokenA, tokenB] = process.argv.slice(2);
-  check(url && tokenA && tokenB, 'usage: node interop.mjs <ws-url> <token-A> <token-B>');
+  // `<url-A>,<url-B>` puts B on another node of the same cluster.
+  const [urls, tokenA, tokenB] = process.argv.slice(2);
+  check(urls && tokenA && tokenB, 'usage: node interop.mjs <ws-url>[,<ws-url-B>] <token-A> <token-B>');
+  const [url, urlB = url] = urls.split(',');
   const userA = jwtSub(tokenA);
   const userB = jwtSub(tokenB);
   check(userA !== userB, 'the two tokens must be for different users');
@@ -222,7 +224,7 @@ async function main() {
   step('2 A published and received its own publication at offset 1');
 
   // 3. B joins the room and publishes; A sees the join and the publication with B's info.
-  const B = makeClient('B', url, tokenB);
+  const B = makeClient('B', urlB, tokenB);
   B.centrifuge.connect();
   const connB = await B.connected.next('B connected');
   check(connB.client && connB.client !== connA.client, `B: bad client id ${connB.client}`);

@@ -1,0 +1,340 @@
+//! Several gateway nodes on one Redis (standalone or a Redis Cluster) acting as one:
+//! exactly-once ordered fan-out, presence and join/leave, recovery on another node,
+//! and Redis killed and restarted under them.
+
+use std::time::Duration;
+
+use fanout::testing::{RedisCluster, RedisServer};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn recover_body(channel: &str, offset: u64, epoch: &str) -> Value {
+    json!({"channel": channel, "recoverable": true, "recover": true, "offset": offset, "epoch": epoch})
+}
+
+async fn sub_recoverable(c: &mut Client, channel: &str) -> Value {
+    let r = c
+        .call(
+            "subscribe",
+            json!({"channel": channel, "recoverable": true}),
+        )
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    r["subscribe"].clone()
+}
+
+async fn wait_ready(gws: &[&TestGateway], ready: bool) {
+    let nodes: Vec<_> = gws.iter().map(|g| g.node.clone()).collect();
+    eventually(
+        if ready {
+            "nodes ready"
+        } else {
+            "nodes not ready"
+        },
+        || nodes.iter().all(|n| n.is_ready() == ready),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_every_publication_once_in_order_with_the_same_offsets() {
+    let redis = RedisServer::start();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes
+            .push(TestGateway::on_redis(&redis.url(), |c| c.client.publish_rate_per_sec = 0).await);
+    }
+    let mut subs = Vec::new();
+    for i in 0..9 {
+        let mut c = nodes[i % 3].client(&format!("s{i}")).await;
+        sub_recoverable(&mut c, "room").await;
+        subs.push(c);
+    }
+    const EACH: u64 = 20;
+    let mut publishers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut p = node.client(&format!("p{i}")).await;
+        p.subscribe("room").await;
+        publishers.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                let r = p.publish("room", json!({"p": i, "n": n})).await;
+                assert_eq!(r["publish"], json!({}), "{r}");
+            }
+            p
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let mut reference: Option<Vec<Value>> = None;
+    for (i, mut c) in subs.into_iter().enumerate() {
+        let mut got = Vec::new();
+        for _ in 0..3 * EACH {
+            let p = c.push("room").await;
+            got.push(p["pub"].clone());
+        }
+        c.silent_for(Duration::from_millis(100)).await;
+        let offsets: Vec<u64> = got.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+        assert_eq!(
+            offsets,
+            (1..=3 * EACH).collect::<Vec<_>>(),
+            "subscriber {i}"
+        );
+        for pi in 0..3 {
+            let ns: Vec<u64> = got
+                .iter()
+                .filter(|p| p["data"]["p"] == json!(pi))
+                .map(|p| p["data"]["n"].as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                ns,
+                (0..EACH).collect::<Vec<_>>(),
+                "publisher {pi} order at subscriber {i}"
+            );
+        }
+        let data: Vec<Value> = got.iter().map(|p| p["data"].clone()).collect();
+        match &reference {
+            None => reference = Some(data),
+            Some(r) => assert_eq!(&data, r, "same publication at the same offset everywhere"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_and_join_leave_span_nodes() {
+    let redis = RedisServer::start();
+    let a = TestGateway::on_redis(&redis.url(), |c| c.channel.join_leave = true).await;
+    let b = TestGateway::on_redis(&redis.url(), |c| c.channel.join_leave = true).await;
+    let c = TestGateway::on_redis(&redis.url(), |c| c.channel.join_leave = true).await;
+    let mut ca = a.client("1").await;
+    let r = ca
+        .call("subscribe", json!({"channel": "room", "join_leave": true}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let mut cb = b.client("2").await;
+    cb.subscribe("room").await;
+    let own = ca.push("room").await;
+    assert_eq!(
+        own["join"]["info"]["user"],
+        json!("1"),
+        "its own join first: {own}"
+    );
+    let join = ca.push("room").await;
+    assert_eq!(join["join"]["info"]["user"], json!("2"), "{join}");
+    let mut cc = c.client("2").await;
+    cc.subscribe("room").await;
+    let p = cc.call("presence", json!({"channel": "room"})).await;
+    let users: Vec<&str> = p["presence"]["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|i| i["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users.len(), 3, "{p}");
+    let s = ca.call("presence_stats", json!({"channel": "room"})).await;
+    assert_eq!(
+        s["presence_stats"],
+        json!({"num_clients": 3, "num_users": 2})
+    );
+    drop(cb);
+    let mut leave = ca.push("room").await;
+    if leave.get("join").is_some() {
+        // c's join came first.
+        leave = ca.push("room").await;
+    }
+    assert_eq!(leave["leave"]["info"]["user"], json!("2"), "{leave}");
+    let nodes = [a.node.clone(), b.node.clone(), c.node.clone()];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = ca.call("presence_stats", json!({"channel": "room"})).await;
+        if s["presence_stats"]["num_clients"] == json!(2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never dropped b: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(nodes.iter().all(|n| n.is_ready()));
+}
+
+#[tokio::test]
+async fn a_client_recovers_on_another_node_exactly_what_it_missed() {
+    let redis = RedisServer::start();
+    let a = TestGateway::on_redis(&redis.url(), |_| {}).await;
+    let b = TestGateway::on_redis(&redis.url(), |_| {}).await;
+    let mut p = b.client("p").await;
+    p.subscribe("room").await;
+    let mut s = a.client("s").await;
+    let sub = sub_recoverable(&mut s, "room").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    for n in 1..=3 {
+        p.publish("room", json!({ "n": n })).await;
+    }
+    for n in 1..=3u64 {
+        assert_eq!(s.push("room").await["pub"]["offset"], json!(n));
+    }
+    drop(s);
+    for n in 4..=6 {
+        p.publish("room", json!({ "n": n })).await;
+    }
+    let mut s = b.client("s").await;
+    let r = s.call("subscribe", recover_body("room", 3, &epoch)).await;
+    let r = &r["subscribe"];
+    assert_eq!(r["recovered"], json!(true), "{r}");
+    let got: Vec<(u64, Value)> = r["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["offset"].as_u64().unwrap(), p["data"]["n"].clone()))
+        .collect();
+    assert_eq!(got, vec![(4, json!(4)), (5, json!(5)), (6, json!(6))]);
+    p.publish("room", json!({"n": 7})).await;
+    assert_eq!(s.push("room").await["pub"]["offset"], json!(7));
+}
+
+/// Redis killed mid-stream and started again, empty: nodes go not-ready and back,
+/// clients stay connected, the lost stream is reported (2500 unsubscribe, then
+/// `recovered:false` on the new epoch) and later publications arrive.
+#[tokio::test]
+async fn redis_restart_without_persistence_is_reported_and_service_resumes() {
+    let mut redis = RedisServer::start();
+    let a = TestGateway::on_redis(&redis.url(), |_| {}).await;
+    let b = TestGateway::on_redis(&redis.url(), |_| {}).await;
+    let mut p = b.client("p").await;
+    p.subscribe("room").await;
+    let mut s = a.client("s").await;
+    let sub = sub_recoverable(&mut s, "room").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    for n in 1..=5 {
+        p.publish("room", json!({ "n": n })).await;
+    }
+    for n in 1..=5u64 {
+        assert_eq!(s.push("room").await["pub"]["offset"], json!(n));
+    }
+    redis.kill();
+    wait_ready(&[&a, &b], false).await;
+    let r = p.publish("room", json!({"n": "during"})).await;
+    assert_eq!(
+        r["error"]["code"],
+        json!(100),
+        "publish fails while Redis is down: {r}"
+    );
+    assert_eq!(r["error"]["temporary"], json!(true));
+    redis.restart();
+    wait_ready(&[&a, &b], true).await;
+    // The node finds the stream gone (new epoch) and tells its positioned members.
+    let u = s.push("room").await;
+    assert_eq!(u["unsubscribe"]["code"], json!(2500), "{u}");
+    let r = s.call("subscribe", recover_body("room", 5, &epoch)).await;
+    let r = &r["subscribe"];
+    assert!(r.get("recovered").is_none(), "recovery impossible: {r}");
+    assert_eq!(r["was_recovering"], json!(true));
+    assert_ne!(r["epoch"], json!(epoch), "a new epoch");
+    let r = p.publish("room", json!({"n": "after"})).await;
+    assert_eq!(r["publish"], json!({}), "{r}");
+    let got = s.push("room").await;
+    assert_eq!(got["pub"]["data"], json!({"n": "after"}));
+}
+
+/// With AOF, history survives a Redis restart: a client that was away recovers, and
+/// a client that stayed sees no gap and no spurious resubscribe.
+#[tokio::test]
+async fn redis_restart_with_aof_keeps_history_and_recovery_succeeds() {
+    let mut redis = RedisServer::start_aof();
+    let a = TestGateway::on_redis(&redis.url(), |_| {}).await;
+    let b = TestGateway::on_redis(&redis.url(), |_| {}).await;
+    let mut p = b.client("p").await;
+    p.subscribe("room").await;
+    let mut stay = a.client("stay").await;
+    let sub = sub_recoverable(&mut stay, "room").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    let mut away = a.client("away").await;
+    sub_recoverable(&mut away, "room").await;
+    for n in 1..=3 {
+        p.publish("room", json!({ "n": n })).await;
+    }
+    for n in 1..=3u64 {
+        assert_eq!(away.push("room").await["pub"]["offset"], json!(n));
+    }
+    drop(away);
+    for n in 4..=5 {
+        p.publish("room", json!({ "n": n })).await;
+    }
+    redis.restart();
+    wait_ready(&[&a, &b], true).await;
+    let mut back = b.client("away").await;
+    let reply = back
+        .call("subscribe", recover_body("room", 3, &epoch))
+        .await;
+    let r = &reply["subscribe"];
+    assert_eq!(r["recovered"], json!(true), "{reply}");
+    let offs: Vec<u64> = r["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offs, vec![4, 5]);
+    let r = p.publish("room", json!({"n": 6})).await;
+    assert_eq!(r["publish"], json!({}), "{r}");
+    let offs: Vec<u64> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            let m = stay.push("room").await;
+            assert!(m.get("unsubscribe").is_none(), "no resubscribe needed: {m}");
+            v.push(m["pub"]["offset"].as_u64().unwrap());
+        }
+        v
+    };
+    assert_eq!(offs, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(back.push("room").await["pub"]["offset"], json!(6));
+}
+
+/// Three masters: rooms over many slots, delivery across nodes, recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_delivers_and_recovers_across_nodes() {
+    let cluster = RedisCluster::start(3);
+    let a = TestGateway::on_redis(&cluster.url(), |c| c.client.publish_rate_per_sec = 0).await;
+    let b = TestGateway::on_redis(&cluster.url(), |c| c.client.publish_rate_per_sec = 0).await;
+    let rooms: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    let mut s = a.client("s").await;
+    let mut epochs = Vec::new();
+    for r in &rooms {
+        epochs.push(
+            sub_recoverable(&mut s, r).await["epoch"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut p = b.client("p").await;
+    for r in &rooms {
+        p.subscribe(r).await;
+    }
+    for n in 1..=2 {
+        for r in &rooms {
+            let res = p.publish(r, json!({ "n": n })).await;
+            assert_eq!(res["publish"], json!({}), "{res}");
+        }
+    }
+    for r in &rooms {
+        for n in 1..=2u64 {
+            let m = s.push(r).await;
+            assert_eq!(m["pub"]["offset"], json!(n), "{r}: {m}");
+        }
+    }
+    drop(s);
+    for r in &rooms {
+        p.publish(r, json!({"n": 3})).await;
+    }
+    let mut s = b.client("s").await;
+    for (r, e) in rooms.iter().zip(&epochs) {
+        let res = s.call("subscribe", recover_body(r, 2, e)).await;
+        let sub = &res["subscribe"];
+        assert_eq!(sub["recovered"], json!(true), "{r}: {res}");
+        assert_eq!(sub["publications"][0]["offset"], json!(3));
+    }
+}
