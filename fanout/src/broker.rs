@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use shared::envelope::{Control, NodeInfo};
 pub use shared::protocol::{ClientInfo, Publication, StreamPosition};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,43 @@ pub trait BrokerHandler: Send + Sync + 'static {
     /// subscribers must resubscribe, so that their SDK recovers or reports that it
     /// cannot.
     fn on_lost(&self, room: &str);
+    /// A cluster-wide command (not heartbeats: those feed [`Broker::nodes`]).
+    fn on_control(&self, _control: &Control) {}
+}
+
+/// Nodes heard from by heartbeat, each kept for its own `ttl_ms`.
+#[derive(Debug, Default)]
+pub struct NodeRegistry {
+    nodes: parking_lot::Mutex<HashMap<String, (NodeInfo, std::time::Instant)>>,
+}
+
+impl NodeRegistry {
+    pub fn record(&self, info: NodeInfo) {
+        let expires = std::time::Instant::now() + Duration::from_millis(info.ttl_ms);
+        self.nodes.lock().insert(info.id.clone(), (info, expires));
+    }
+
+    /// Live nodes, by name.
+    pub fn alive(&self) -> Vec<NodeInfo> {
+        let now = std::time::Instant::now();
+        let mut nodes = self.nodes.lock();
+        nodes.retain(|_, (_, exp)| *exp > now);
+        let mut out: Vec<NodeInfo> = nodes.values().map(|(i, _)| i.clone()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Heartbeats feed the registry; other controls go to the handler.
+    pub fn dispatch(&self, control: &Control, handler: Option<&Arc<dyn BrokerHandler>>) {
+        match control {
+            Control::Node(info) => self.record(info.clone()),
+            other => {
+                if let Some(h) = handler {
+                    h.on_control(other);
+                }
+            }
+        }
+    }
 }
 
 /// What a node needs from the system that connects it to its peers.
@@ -131,4 +169,10 @@ pub trait Broker: Send + Sync + 'static {
     async fn presence(&self, room: &str) -> Result<HashMap<String, ClientInfo>, BrokerError>;
 
     async fn presence_stats(&self, room: &str) -> Result<PresenceStats, BrokerError>;
+
+    /// Send a control message to every node, this one included.
+    async fn publish_control(&self, control: &Control) -> Result<(), BrokerError>;
+
+    /// Nodes heard from recently (their heartbeats), this one included.
+    fn nodes(&self) -> Vec<NodeInfo>;
 }

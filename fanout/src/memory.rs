@@ -16,8 +16,8 @@ use parking_lot::Mutex;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::broker::{
-    Broker, BrokerError, BrokerHandler, ClientInfo, HistoryOptions, HistoryPage, HistoryQuery,
-    PresenceStats, Publication, StreamPosition,
+    Broker, BrokerError, BrokerHandler, ClientInfo, Control, HistoryOptions, HistoryPage,
+    HistoryQuery, NodeInfo, NodeRegistry, PresenceStats, Publication, StreamPosition,
 };
 
 const SHARDS: usize = 64;
@@ -92,6 +92,7 @@ impl Shard {
 pub struct MemoryBroker {
     shards: Box<[Mutex<Shard>]>,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
+    registry: NodeRegistry,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -107,6 +108,7 @@ impl MemoryBroker {
         let broker = Arc::new(MemoryBroker {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             handler: OnceLock::new(),
+            registry: NodeRegistry::default(),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             let weak = Arc::downgrade(&broker);
@@ -319,6 +321,15 @@ impl Broker for MemoryBroker {
             num_clients: members.len() as u32,
             num_users: users.len() as u32,
         })
+    }
+
+    async fn publish_control(&self, control: &Control) -> Result<(), BrokerError> {
+        self.registry.dispatch(control, self.handler.get());
+        Ok(())
+    }
+
+    fn nodes(&self) -> Vec<NodeInfo> {
+        self.registry.alive()
     }
 }
 

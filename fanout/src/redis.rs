@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    Broker, BrokerError, BrokerHandler, ClientInfo, HistoryOptions, HistoryPage, HistoryQuery,
-    PresenceStats, Publication, StreamPosition,
+    Broker, BrokerError, BrokerHandler, ClientInfo, Control, HistoryOptions, HistoryPage,
+    HistoryQuery, NodeInfo, NodeRegistry, PresenceStats, Publication, StreamPosition,
 };
 
 /// Settings of the Redis engine.
@@ -76,6 +76,11 @@ impl Default for RedisConfig {
         }
     }
 }
+
+/// The room whose channel carries node heartbeats and cluster-wide commands.
+/// Client publications there are ignored as control (they are not `Control`
+/// envelopes), so sharing the name with a client channel is harmless.
+const CONTROL_ROOM: &str = ".control";
 
 const PUBLISH_SCRIPT: &str = r#"
 local top = redis.call('hincrby', KEYS[1], 't', 1)
@@ -347,6 +352,7 @@ struct Inner {
     presence: Mutex<HashMap<String, HashMap<String, Vec<u8>>>>,
     cmd_ok: AtomicBool,
     dropped: AtomicU64,
+    registry: NodeRegistry,
     scripts: Scripts,
     stop: CancellationToken,
 }
@@ -426,6 +432,7 @@ impl RedisBroker {
             presence: Mutex::new(HashMap::new()),
             cmd_ok: AtomicBool::new(true),
             dropped: AtomicU64::new(0),
+            registry: NodeRegistry::default(),
             scripts: Scripts {
                 publish: Script::new(PUBLISH_SCRIPT),
                 history: Script::new(HISTORY_SCRIPT),
@@ -449,10 +456,12 @@ impl RedisBroker {
             }
         }
         tokio::spawn(maintenance_loop(inner.clone()));
-        Ok(Arc::new(RedisBroker {
+        let broker = Arc::new(RedisBroker {
             inner,
             _stop: Arc::new(StopGuard(stop)),
-        }))
+        });
+        broker.subscribe(CONTROL_ROOM).await?;
+        Ok(broker)
     }
 
     /// Messages dropped because a worker queue was full (each repaired or reported).
@@ -716,6 +725,12 @@ async fn deliver(
         Envelope::Leave(i) => {
             if let Some(i) = info(i) {
                 handler.on_leave(room, &i);
+            }
+            return;
+        }
+        Envelope::Control(c) => {
+            if **room == *CONTROL_ROOM {
+                inner.registry.dispatch(c, Some(handler));
             }
             return;
         }
@@ -1276,7 +1291,8 @@ impl Broker for RedisBroker {
 
     async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        if inner.rooms.lock().remove(room).is_none() {
+        // The node itself needs the control room, whatever clients do there.
+        if room == CONTROL_ROOM || inner.rooms.lock().remove(room).is_none() {
             return Ok(());
         }
         let room: Arc<str> = room.into();
@@ -1403,6 +1419,15 @@ impl Broker for RedisBroker {
             num_clients: members.len() as u32,
             num_users: users.len() as u32,
         })
+    }
+
+    async fn publish_control(&self, control: &Control) -> Result<(), BrokerError> {
+        self.publish_event(CONTROL_ROOM, Envelope::Control(control.clone()))
+            .await
+    }
+
+    fn nodes(&self) -> Vec<NodeInfo> {
+        self.inner.registry.alive()
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fanout::broker::{Control, NodeInfo};
 use fanout::testing::{Proxy, RedisServer};
 use fanout::{
     Broker, BrokerHandler, HistoryOptions, HistoryQuery, MemoryBroker, RedisBroker, RedisConfig,
@@ -20,6 +21,7 @@ enum Ev {
     Join(String, String),
     Leave(String, String),
     Lost(String),
+    Control(Control),
 }
 
 #[derive(Default)]
@@ -71,6 +73,9 @@ impl BrokerHandler for Recorder {
     }
     fn on_lost(&self, room: &str) {
         self.push(Ev::Lost(room.into()));
+    }
+    fn on_control(&self, c: &Control) {
+        self.push(Ev::Control(c.clone()));
     }
 }
 
@@ -550,4 +555,78 @@ async fn redis_cluster_rooms_over_slots() {
         }
     }
     assert!(used.len() > 1, "rooms spread over masters");
+}
+
+fn node_info(id: &str) -> NodeInfo {
+    NodeInfo {
+        id: id.into(),
+        name: format!("node-{id}"),
+        num_clients: 7,
+        ttl_ms: 1500,
+        ..Default::default()
+    }
+}
+
+/// Control messages reach every node (the sender too); heartbeats feed the registry
+/// and are forgotten after their ttl.
+async fn control_behaviour(
+    a: Arc<dyn Broker>,
+    rec_a: Arc<Recorder>,
+    b: Arc<dyn Broker>,
+    rec_b: Arc<Recorder>,
+) {
+    let bye = Control::Disconnect {
+        user: "42".into(),
+        code: 3503,
+        reason: "bye".into(),
+    };
+    a.publish_control(&bye).await.unwrap();
+    for rec in [&rec_a, &rec_b] {
+        rec.until("control", |e| e.contains(&Ev::Control(bye.clone())))
+            .await;
+    }
+    // A client channel of the same name coming and going does not cut control off.
+    b.subscribe(".control").await.unwrap();
+    b.unsubscribe(".control").await.unwrap();
+    a.publish_control(&Control::Node(node_info("a")))
+        .await
+        .unwrap();
+    b.publish_control(&Control::Node(node_info("b")))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.nodes().len() < 2 || a.nodes().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "registry: {:?}",
+            b.nodes()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.nodes()[0].name, "node-a");
+    assert_eq!(b.nodes()[0].num_clients, 7);
+    assert!(
+        !rec_b
+            .events
+            .lock()
+            .iter()
+            .any(|e| matches!(e, Ev::Control(Control::Node(_)))),
+        "heartbeats are not commands"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(b.nodes().is_empty(), "silent nodes are forgotten");
+}
+
+#[tokio::test]
+async fn memory_control_and_registry() {
+    let (a, rec) = memory().await;
+    control_behaviour(a.clone(), rec.clone(), a, rec).await;
+}
+
+#[tokio::test]
+async fn redis_control_and_registry_span_nodes() {
+    let server = RedisServer::start();
+    let (a, rec_a) = redis(&server).await;
+    let (b, rec_b) = redis(&server).await;
+    control_behaviour(a, rec_a, b, rec_b).await;
 }

@@ -60,6 +60,9 @@ pub struct Config {
     pub channel: ChannelOptions,
     /// Namespaces by name: a channel `ns:room` takes the options of `ns`.
     pub namespaces: HashMap<String, ChannelOptions>,
+    /// How often the node announces itself to the cluster (node registry). Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
     /// Redis engine tuning (used when `redis_url` is set).
     pub redis: RedisSection,
     /// Shutdown behaviour.
@@ -78,6 +81,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             channel: ChannelOptions::default(),
             namespaces: HashMap::new(),
+            heartbeat_interval: Duration::from_secs(5),
             redis: RedisSection::default(),
             shutdown: ShutdownConfig::default(),
         }
@@ -395,6 +399,9 @@ impl Config {
                     "must start with redis://, rediss:// or redis+cluster://",
                 ));
             }
+        }
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return Err(invalid("heartbeat_interval", "must be at least 100ms"));
         }
         let r = &self.redis;
         if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {

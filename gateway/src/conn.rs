@@ -154,6 +154,8 @@ pub struct Conn {
     pub done: CancellationToken,
     /// Cancelled when the reader has stopped.
     pub reader_done: CancellationToken,
+    /// This connection, for the hub's user index.
+    me: std::sync::Weak<Conn>,
 }
 
 fn ttl_secs(expire_at: u64, now: u64) -> u32 {
@@ -161,7 +163,12 @@ fn ttl_secs(expire_at: u64, now: u64) -> u32 {
 }
 
 impl Conn {
-    pub fn new(node: Arc<Node>) -> Self {
+    /// A new connection, shared between its reader and writer tasks.
+    pub fn new(node: Arc<Node>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::build(node, me.clone()))
+    }
+
+    fn build(node: Arc<Node>, me: std::sync::Weak<Conn>) -> Self {
         let now = Instant::now();
         let cfg = &node.config.client;
         let out = Arc::new(Outbound::new(cfg.queue_max_bytes, node.metrics.clone()));
@@ -186,6 +193,7 @@ impl Conn {
             session: Mutex::new(session),
             done: CancellationToken::new(),
             reader_done: CancellationToken::new(),
+            me,
         }
     }
 
@@ -370,6 +378,9 @@ impl Conn {
             result
                 .subs
                 .insert(j.entry.channel.to_string(), std::mem::take(&mut j.result));
+        }
+        if !token.user.is_empty() {
+            self.node.hub.add_user(&token.user, self.me.clone());
         }
         {
             let mut s = self.session.lock();
@@ -734,22 +745,36 @@ impl Conn {
         Ok(ReplyBody::Unsubscribe(EmptyResult {}))
     }
 
-    /// End a subscription on the server's initiative (gap, expiry): an unsubscribe
-    /// push for client-side subscriptions, a disconnect for server-side ones.
+    /// End a subscription on the server's initiative (gap, expiry, a command): an
+    /// unsubscribe push, except that a server-side subscription that lost state or
+    /// expired closes the connection (3010, 3006) so that it is made again.
     pub async fn server_unsubscribe(&self, entry: &Arc<Subscriber>, code: UnsubscribeCode) {
         match self.drop_subscription(entry, true).await {
-            Some(false) => {
+            Some(true) if code == UNSUBSCRIBE_EXPIRED => self.out.close(DISCONNECT_SUB_EXPIRED),
+            Some(true) if code == UNSUBSCRIBE_INSUFFICIENT_STATE => {
+                self.out.close(DISCONNECT_INSUFFICIENT_STATE)
+            }
+            Some(_) => {
                 self.out.push(Bytes::from(protocol::encode_unsubscribe_push(
                     &entry.channel,
                     code,
                 )));
             }
-            Some(true) => self.out.close(if code == UNSUBSCRIBE_EXPIRED {
-                DISCONNECT_SUB_EXPIRED
-            } else {
-                DISCONNECT_INSUFFICIENT_STATE
-            }),
             None => {}
+        }
+    }
+
+    /// Unsubscribe this connection from `channel` by command (code 2000).
+    pub fn unsubscribe_by_server(&self, channel: &str) {
+        let entry = self
+            .session
+            .lock()
+            .subs
+            .get(channel)
+            .map(|s| s.entry.clone());
+        if let Some(entry) = entry {
+            self.out
+                .push_item(Item::Unsubscribe(entry, UNSUBSCRIBE_SERVER));
         }
     }
 
@@ -981,10 +1006,13 @@ impl Conn {
 
     /// Leave every room after the socket is gone.
     pub async fn teardown(&self) {
-        let subs: Vec<Sub> = {
+        let (user, subs): (Arc<str>, Vec<Sub>) = {
             let mut s = self.session.lock();
-            s.subs.drain().map(|(_, v)| v).collect()
+            (s.user.clone(), s.subs.drain().map(|(_, v)| v).collect())
         };
+        if !user.is_empty() {
+            self.node.hub.remove_user(&user, &self.me);
+        }
         for sub in &subs {
             self.node.hub.remove(&sub.entry);
         }

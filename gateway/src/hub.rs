@@ -8,17 +8,19 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fanout::broker::Control;
 use fanout::BrokerHandler;
 use parking_lot::Mutex;
 use shared::codes::UNSUBSCRIBE_INSUFFICIENT_STATE;
 use shared::protocol::{self, ClientInfo, Publication};
 
+use crate::conn::Conn;
 use crate::metrics::Metrics;
-use crate::outbound::{Item, Outbound};
+use crate::outbound::{Close, Item, Outbound};
 
 const SHARDS: usize = 64;
 
@@ -171,6 +173,8 @@ pub struct Hub {
     /// Rooms that lost their last local subscriber, and when: unsubscribed from the
     /// broker after a delay if still empty, so that churn does not thrash Redis.
     emptied: Mutex<HashMap<Arc<str>, Instant>>,
+    /// Connections by user, for cluster-wide commands (disconnect, unsubscribe).
+    users: Mutex<HashMap<Arc<str>, Vec<Weak<Conn>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -179,6 +183,7 @@ impl Hub {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             emptied: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -245,6 +250,33 @@ impl Hub {
         due.into_iter().filter(|r| !self.has_room(r)).collect()
     }
 
+    pub fn add_user(&self, user: &str, conn: Weak<Conn>) {
+        self.users.lock().entry(user.into()).or_default().push(conn);
+    }
+
+    pub fn remove_user(&self, user: &str, conn: &Weak<Conn>) {
+        let mut users = self.users.lock();
+        if let Some(list) = users.get_mut(user) {
+            list.retain(|c| !c.ptr_eq(conn));
+            if list.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Users with at least one connection on this node.
+    pub fn num_users(&self) -> usize {
+        self.users.lock().len()
+    }
+
+    fn user_conns(&self, user: &str) -> Vec<Arc<Conn>> {
+        self.users
+            .lock()
+            .get(user)
+            .map(|l| l.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether `room` has local subscribers.
     pub fn has_room(&self, room: &str) -> bool {
         self.shard(room).lock().contains_key(room)
@@ -296,6 +328,25 @@ impl BrokerHandler for Hub {
 
     fn on_leave(&self, room: &str, info: &ClientInfo) {
         self.deliver_presence_event(room, || protocol::encode_leave_push(room, info));
+    }
+
+    fn on_control(&self, control: &Control) {
+        match control {
+            Control::Disconnect { user, code, reason } => {
+                for c in self.user_conns(user) {
+                    c.out.close(Close {
+                        code: *code,
+                        reason: reason.clone().into(),
+                    });
+                }
+            }
+            Control::Unsubscribe { user, channel } => {
+                for c in self.user_conns(user) {
+                    c.unsubscribe_by_server(channel);
+                }
+            }
+            Control::Node(_) => {}
+        }
     }
 
     fn on_lost(&self, room: &str) {

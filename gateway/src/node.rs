@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fanout::broker::{Control, NodeInfo};
 use fanout::Broker;
 use shared::auth::Verifier;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,8 @@ pub struct Node {
     /// Every connection task and background loop, awaited on shutdown.
     pub tasks: TaskTracker,
     pub started: Instant,
+    /// Unique per process start, in the node registry.
+    pub id: String,
     ready: AtomicBool,
 }
 
@@ -50,9 +53,11 @@ impl Node {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             started: Instant::now(),
+            id: uuid::Uuid::new_v4().to_string(),
             ready: AtomicBool::new(true),
         });
         node.tasks.spawn(unsubscribe_idle_rooms(node.clone()));
+        node.tasks.spawn(heartbeat(node.clone()));
         Ok(node)
     }
 
@@ -66,6 +71,39 @@ impl Node {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// What this node says about itself in its heartbeat.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.id.clone(),
+            name: self.config.node_name.clone(),
+            version: crate::conn::VERSION.into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            num_clients: self.metrics.connections.get(),
+            num_users: self.hub.num_users() as u64,
+            num_subs: self.hub.num_subscriptions() as u64,
+            num_rooms: self.hub.num_rooms() as u64,
+            ttl_ms: (self.config.heartbeat_interval * 3).as_millis() as u64,
+        }
+    }
+}
+
+/// Announce this node to the cluster every `heartbeat_interval`.
+async fn heartbeat(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(node.config.heartbeat_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+        if let Err(e) = node
+            .broker
+            .publish_control(&Control::Node(node.info()))
+            .await
+        {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! The budget is in bytes: a client whose queue passes it is closed with 3008 and
 //! its queue dropped, so one slow socket never slows a room.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -24,11 +25,27 @@ pub enum Item {
     Unsubscribe(Arc<Subscriber>, UnsubscribeCode),
 }
 
+/// How the connection is to be closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: Cow<'static, str>,
+}
+
+impl From<DisconnectCode> for Close {
+    fn from(d: DisconnectCode) -> Self {
+        Close {
+            code: d.code,
+            reason: Cow::Borrowed(d.reason),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     items: VecDeque<Item>,
     bytes: usize,
-    close: Option<DisconnectCode>,
+    close: Option<Close>,
 }
 
 pub struct Outbound {
@@ -42,7 +59,7 @@ pub struct Outbound {
 pub struct Drained {
     /// Set once the connection is to be closed; the items before it still go out,
     /// except after a slow-client close, which drops them.
-    pub close: Option<DisconnectCode>,
+    pub close: Option<Close>,
 }
 
 impl Outbound {
@@ -86,7 +103,7 @@ impl Outbound {
             if s.close.is_some() {
                 return;
             }
-            s.close = Some(DISCONNECT_SLOW);
+            s.close = Some(DISCONNECT_SLOW.into());
             s.items.clear();
             s.bytes = 0;
         }
@@ -108,13 +125,13 @@ impl Outbound {
     }
 
     /// Ask the writer to close with `code`. The first close wins.
-    pub fn close(&self, code: DisconnectCode) {
+    pub fn close(&self, code: impl Into<Close>) {
         {
             let mut s = self.state.lock();
             if s.close.is_some() {
                 return;
             }
-            s.close = Some(code);
+            s.close = Some(code.into());
         }
         self.notify.notify_one();
     }
@@ -128,7 +145,9 @@ impl Outbound {
         let mut s = self.state.lock();
         std::mem::swap(&mut s.items, into);
         s.bytes = 0;
-        Drained { close: s.close }
+        Drained {
+            close: s.close.clone(),
+        }
     }
 
     /// Resolves after the next `push`/`close` (or at once if one happened since the

@@ -41,7 +41,7 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocket<Io>) {
     ws.set_auto_close(false);
     let (rx, tx) = ws.split(tokio::io::split);
     let rx = FragmentCollectorRead::new(rx);
-    let conn = Arc::new(Conn::new(node.clone()));
+    let conn = Conn::new(node.clone());
     node.metrics.connections.inc();
     node.metrics.connections_total.inc();
     let writer = tokio::spawn(write_loop(conn.clone(), tx));
@@ -161,7 +161,7 @@ async fn write_loop(conn: Arc<Conn>, mut tx: WebSocketWrite<WriteHalf<Io>>) {
             break;
         }
         if let Some(code) = drained.close {
-            let reason = truncate_reason(code.reason);
+            let reason = truncate_reason(&code.reason);
             if write(&conn, &mut tx, Frame::close(code.code, reason.as_bytes()))
                 .await
                 .is_ok()

@@ -22,6 +22,39 @@ pub enum Envelope {
     },
     Join(EnvelopeClientInfo),
     Leave(EnvelopeClientInfo),
+    /// Node-to-node control, on the control channel.
+    Control(Control),
+}
+
+/// Cluster-wide commands and node heartbeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Control {
+    /// A node's heartbeat, for the node registry.
+    Node(NodeInfo),
+    /// Close every connection of `user` with this code and reason.
+    Disconnect {
+        user: String,
+        code: u16,
+        reason: String,
+    },
+    /// End the subscriptions of `user` to `channel` (unsubscribe push 2000).
+    Unsubscribe { user: String, channel: String },
+}
+
+/// What a node says about itself in its heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Unique per process start.
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub uptime_secs: u64,
+    pub num_clients: u64,
+    pub num_users: u64,
+    pub num_subs: u64,
+    pub num_rooms: u64,
+    /// Forget this node if no heartbeat arrives within this (a few intervals).
+    pub ttl_ms: u64,
 }
 
 /// Publisher or member info in an envelope. Raw JSON fields travel as bytes.
@@ -252,6 +285,16 @@ mod tests {
             r#"{"name":"Ann"}"#
         );
         assert_eq!(back.tags.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn control_round_trips() {
+        let c = Envelope::Control(Control::Disconnect {
+            user: "42".into(),
+            code: 3503,
+            reason: "bye".into(),
+        });
+        assert_eq!(Envelope::decode(&c.encode().unwrap()).unwrap(), c);
     }
 
     #[test]

@@ -338,3 +338,44 @@ async fn redis_cluster_delivers_and_recovers_across_nodes() {
         assert_eq!(sub["publications"][0]["offset"], json!(3));
     }
 }
+
+/// Cluster-wide commands reach a user's connections on any node; every node sees
+/// every other in the registry, with its counts.
+#[tokio::test]
+async fn control_commands_and_the_node_registry_span_nodes() {
+    use fanout::broker::Control;
+    let redis = RedisServer::start();
+    let quick = |c: &mut gateway::Config| c.heartbeat_interval = Duration::from_millis(200);
+    let a = TestGateway::on_redis(&redis.url(), quick).await;
+    let b = TestGateway::on_redis(&redis.url(), quick).await;
+    let mut u = b.client("u").await;
+    u.subscribe("room").await;
+    let mut v = b.client("v").await;
+    v.subscribe("room").await;
+    let unsub = Control::Unsubscribe {
+        user: "u".into(),
+        channel: "room".into(),
+    };
+    a.node.broker.publish_control(&unsub).await.unwrap();
+    let p = u.push("room").await;
+    assert_eq!(p["unsubscribe"]["code"], json!(2000), "{p}");
+    let bye = Control::Disconnect {
+        user: "u".into(),
+        code: 3503,
+        reason: "force disconnect".into(),
+    };
+    a.node.broker.publish_control(&bye).await.unwrap();
+    assert_eq!(u.closed().await, (3503, "force disconnect".to_string()));
+    let r = v.publish("room", json!("still here")).await;
+    assert_eq!(r["publish"], json!({}), "other users are untouched: {r}");
+    let (na, nb) = (a.node.clone(), b.node.clone());
+    eventually("both nodes in both registries, b with one client", || {
+        let seen = na.broker.nodes();
+        seen.len() == 2
+            && nb.broker.nodes().len() == 2
+            && seen
+                .iter()
+                .any(|n| n.id == nb.id && n.num_clients == 1 && n.num_users == 1)
+    })
+    .await;
+}
