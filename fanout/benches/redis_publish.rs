@@ -101,8 +101,7 @@ fn redis_benchmark(port: u16, concurrency: u64, payload: usize, pipeline: u32) -
         // Progress lines are separated by \r; the summary is the last segment.
         Ok(o) => String::from_utf8_lossy(&o.stdout)
             .split(['\r', '\n'])
-            .filter(|l| l.contains("requests per second"))
-            .last()
+            .rfind(|l| l.contains("requests per second"))
             .and_then(|l| l.split(": ").nth(1))
             .unwrap_or("no result")
             .trim()
