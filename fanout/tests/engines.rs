@@ -116,7 +116,7 @@ async fn memory() -> (Arc<dyn Broker>, Arc<Recorder>) {
 }
 
 async fn redis(server: &RedisServer) -> (Arc<RedisBroker>, Arc<Recorder>) {
-    let b = RedisBroker::connect(RedisConfig {
+    redis_with(RedisConfig {
         url: server.url(),
         pubsub_shards: 2,
         presence_ttl: Duration::from_secs(2),
@@ -125,7 +125,12 @@ async fn redis(server: &RedisServer) -> (Arc<RedisBroker>, Arc<Recorder>) {
         ..Default::default()
     })
     .await
-    .expect("connect to the test redis");
+}
+
+async fn redis_with(cfg: RedisConfig) -> (Arc<RedisBroker>, Arc<Recorder>) {
+    let b = RedisBroker::connect(cfg)
+        .await
+        .expect("connect to the test redis");
     let rec = Arc::new(Recorder::default());
     b.set_handler(rec.clone());
     (b, rec)
@@ -372,7 +377,7 @@ async fn redis_live_node_keeps_its_presence_beyond_the_ttl() {
 }
 
 async fn redis_via(url: String) -> (Arc<RedisBroker>, Arc<Recorder>) {
-    let b = RedisBroker::connect(RedisConfig {
+    redis_with(RedisConfig {
         url,
         pubsub_shards: 1,
         probe_interval: Duration::from_millis(300),
@@ -380,10 +385,6 @@ async fn redis_via(url: String) -> (Arc<RedisBroker>, Arc<Recorder>) {
         ..Default::default()
     })
     .await
-    .expect("connect through the proxy");
-    let rec = Arc::new(Recorder::default());
-    b.set_handler(rec.clone());
-    (b, rec)
 }
 
 /// A node whose pub/sub connection breaks misses publications; after it reconnects
@@ -494,17 +495,13 @@ async fn redis_unreachable_fails_fast_and_health_follows_the_server() {
 }
 
 async fn cluster_broker(url: String) -> (Arc<RedisBroker>, Arc<Recorder>) {
-    let b = RedisBroker::connect(RedisConfig {
+    redis_with(RedisConfig {
         url,
         pubsub_shards: 2,
         command_timeout: Duration::from_secs(3),
         ..Default::default()
     })
     .await
-    .expect("connect to the test cluster");
-    let rec = Arc::new(Recorder::default());
-    b.set_handler(rec.clone());
-    (b, rec)
 }
 
 /// Three masters: rooms spread over slots, sharded pub/sub, history and presence.

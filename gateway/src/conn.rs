@@ -279,6 +279,15 @@ impl Conn {
         Ok((name, opts))
     }
 
+    /// This connection's hub entry in `channel`, if subscribed.
+    fn sub_entry(&self, channel: &str) -> Option<Arc<Subscriber>> {
+        self.session
+            .lock()
+            .subs
+            .get(channel)
+            .map(|s| s.entry.clone())
+    }
+
     /// This connection's subscription info in `channel`, if subscribed.
     fn subscribed_info(&self, channel: &str) -> Option<ClientInfo> {
         self.session
@@ -733,12 +742,7 @@ impl Conn {
         if channel.is_empty() {
             return Err(DISCONNECT_BAD_REQUEST.into());
         }
-        let entry = self
-            .session
-            .lock()
-            .subs
-            .get(channel)
-            .map(|s| s.entry.clone());
+        let entry = self.sub_entry(channel);
         if let Some(entry) = entry {
             self.drop_subscription(&entry, true).await;
         }
@@ -766,12 +770,7 @@ impl Conn {
 
     /// Unsubscribe this connection from `channel` by command (code 2000).
     pub fn unsubscribe_by_server(&self, channel: &str) {
-        let entry = self
-            .session
-            .lock()
-            .subs
-            .get(channel)
-            .map(|s| s.entry.clone());
+        let entry = self.sub_entry(channel);
         if let Some(entry) = entry {
             self.out
                 .push_item(Item::Unsubscribe(entry, UNSUBSCRIBE_SERVER));
