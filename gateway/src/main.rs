@@ -103,7 +103,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let addr = config.listen_addr()?;
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+        let listener = bind(addr).with_context(|| format!("bind {addr}"))?;
         let local = listener.local_addr()?;
         let broker: Arc<dyn fanout::Broker> = match config.redis_config() {
             Some(rc) => {
@@ -142,6 +142,23 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Listen with a deep accept queue: a connection storm (a rolling deploy's
+/// reconnects) overflowed the default and cost clients a 1 s SYN retransmit.
+/// The kernel still caps it at `net.core.somaxconn`.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accept queue length asked of the kernel.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {

@@ -1,0 +1,600 @@
+//! A small client of the gateway's JSON protocol (PROTOCOL.md sections 1-5): TCP
+//! connect (optionally from a chosen source address), WebSocket handshake, `connect`
+//! and `subscribe` sent together in one frame, `publish`, splitting frames on `\n`,
+//! and `{}` pongs. A socket is split into a [`Reader`] and a [`Writer`] so a publisher
+//! can read and write at once; a subscriber drives both in turn from one task.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{
+    FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError, WebSocketWrite,
+};
+use http_body_util::Empty;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::task::TaskTracker;
+
+type Io = TokioIo<Upgraded>;
+
+/// Why a connection could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("bind source address {addr}: {source}")]
+    Bind {
+        addr: IpAddr,
+        source: std::io::Error,
+    },
+    #[error("tcp connect to {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("websocket handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: WebSocketError,
+    },
+    #[error("timed out after {after:?}: {what}")]
+    Timeout { what: &'static str, after: Duration },
+    #[error("websocket: {0}")]
+    Ws(#[from] WebSocketError),
+    #[error("closed by the server: code {code} {reason:?}")]
+    Closed { code: u16, reason: String },
+    #[error("{what} refused: error {code} {message:?}")]
+    Refused {
+        what: String,
+        code: u32,
+        message: String,
+    },
+    #[error("unexpected message from the server: {0}")]
+    Protocol(String),
+}
+
+/// A gateway's WebSocket URL (`ws://host:port/path`), resolved once.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The URL as given.
+    pub url: String,
+    /// The first address the host resolved to.
+    pub addr: SocketAddr,
+    authority: String,
+    path_and_query: String,
+}
+
+impl Endpoint {
+    /// Parse `url` and resolve its host. Only `ws://` is supported (no TLS).
+    pub async fn resolve(url: &str) -> Result<Endpoint, ClientError> {
+        let bad = |reason: &str| ClientError::Url {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: hyper::Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
+        match uri.scheme_str() {
+            Some("ws") => {}
+            Some("wss") => return Err(bad("wss:// (TLS) is not supported")),
+            _ => return Err(bad("must start with ws://")),
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = authority.port_u16().unwrap_or(80);
+        let resolve_err = |reason: String| ClientError::Resolve {
+            host: host.clone(),
+            reason,
+        };
+        let addr = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| resolve_err("timed out after 10s".into()))?
+        .map_err(|e| resolve_err(e.to_string()))?
+        .next()
+        .ok_or_else(|| resolve_err("no address".into()))?;
+        Ok(Endpoint {
+            url: url.to_owned(),
+            addr,
+            authority: authority.as_str().to_owned(),
+            path_and_query: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        })
+    }
+}
+
+/// How connections are opened.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Local address to bind before connecting (the kernel picks the port). Several
+    /// loopback addresses let one host open more connections to one gateway than one
+    /// source address has ephemeral ports (about 28k). Default: none.
+    pub source: Option<IpAddr>,
+    /// Bound on the TCP connect plus the WebSocket handshake. Default 10 s.
+    pub timeout: Duration,
+    /// Bound on one write to the socket. Default 10 s.
+    pub write_timeout: Duration,
+    /// Largest WebSocket message accepted from the server, in bytes. Default 8 MiB.
+    pub max_message_bytes: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            source: None,
+            timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_message_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Spawns hyper's connection future (it ends once the upgrade completes) on a
+/// tracker, so the harness can account for it.
+#[derive(Clone)]
+struct TrackedExecutor(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+/// Open a TCP connection to `endpoint` and upgrade it to a WebSocket; bounded by
+/// `opts.timeout`. Handshake helper tasks are spawned on `tracker`.
+pub async fn open(
+    endpoint: &Endpoint,
+    opts: &OpenOptions,
+    tracker: &TaskTracker,
+) -> Result<(Reader, Writer), ClientError> {
+    tokio::time::timeout(opts.timeout, open_inner(endpoint, opts, tracker))
+        .await
+        .map_err(|_| ClientError::Timeout {
+            what: "tcp connect and websocket handshake",
+            after: opts.timeout,
+        })?
+}
+
+async fn open_inner(
+    endpoint: &Endpoint,
+    opts: &OpenOptions,
+    tracker: &TaskTracker,
+) -> Result<(Reader, Writer), ClientError> {
+    let addr = endpoint.addr;
+    let stream = match opts.source {
+        None => TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Tcp { addr, source })?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(|source| ClientError::Bind { addr: ip, source })?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|source| ClientError::Bind { addr: ip, source })?;
+            socket
+                .connect(addr)
+                .await
+                .map_err(|source| ClientError::Tcp { addr, source })?
+        }
+    };
+    // Publications are small frames; Nagle would add its delay to every latency.
+    stream
+        .set_nodelay(true)
+        .map_err(|source| ClientError::Tcp { addr, source })?;
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(&endpoint.path_and_query)
+        .header("Host", &endpoint.authority)
+        .header("Upgrade", "websocket")
+        .header("Connection", "upgrade")
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("Sec-WebSocket-Version", "13")
+        .body(Empty::<Bytes>::new())
+        .expect("bug: static request parts are valid");
+    let (mut ws, _resp) =
+        fastwebsockets::handshake::client(&TrackedExecutor(tracker.clone()), req, stream)
+            .await
+            .map_err(|source| ClientError::Handshake { addr, source })?;
+    ws.set_max_message_size(opts.max_message_bytes);
+    let (read, write) = ws.split(tokio::io::split);
+    Ok((
+        Reader {
+            ws: FragmentCollectorRead::new(read),
+            backlog: None,
+            owed: None,
+        },
+        Writer {
+            ws: write,
+            buf: Vec::with_capacity(256),
+            next_id: 0,
+            write_timeout: opts.write_timeout,
+        },
+    ))
+}
+
+/// What one read returned.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text frame: one or more messages joined by `\n` (see [`messages`]).
+    Text(Payload<'static>),
+    /// The server's close frame.
+    Closed { code: u16, reason: String },
+}
+
+/// The receiving half of a connection.
+pub struct Reader {
+    ws: FragmentCollectorRead<ReadHalf<Io>>,
+    /// Messages read while the session was set up that were not replies to it;
+    /// handed out by the next [`Reader::read`].
+    backlog: Option<Vec<u8>>,
+    /// A control frame the WebSocket layer owes the server (a pong to a WebSocket
+    /// ping, the echo of a close), for the [`Writer`] to send.
+    owed: Option<Frame<'static>>,
+}
+
+impl Reader {
+    /// The next text or close frame. Not cancel-safe (fastwebsockets' `read_frame`
+    /// is not): cancel it only when the connection is dropped afterwards.
+    ///
+    /// A WebSocket-level ping is answered through [`Reader::take_owed`] after the
+    /// next data frame; the gateway pings at the protocol level (`{}`), so this
+    /// delay does not arise against it.
+    pub async fn read(&mut self) -> Result<Inbound, ClientError> {
+        if let Some(b) = self.backlog.take() {
+            return Ok(Inbound::Text(Payload::Owned(b)));
+        }
+        loop {
+            let owed = &mut self.owed;
+            let frame = self
+                .ws
+                .read_frame(&mut |f: Frame<'static>| {
+                    *owed = Some(f);
+                    std::future::ready(Ok::<(), Infallible>(()))
+                })
+                .await?;
+            match frame.opcode {
+                OpCode::Text => return Ok(Inbound::Text(frame.payload)),
+                OpCode::Close => {
+                    let p = &frame.payload;
+                    let code = if p.len() >= 2 {
+                        u16::from_be_bytes([p[0], p[1]])
+                    } else {
+                        1005
+                    };
+                    let reason = String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).into_owned();
+                    return Ok(Inbound::Closed { code, reason });
+                }
+                OpCode::Binary => {
+                    return Err(ClientError::Protocol(
+                        "binary frame on a JSON connection".into(),
+                    ))
+                }
+                OpCode::Ping | OpCode::Pong | OpCode::Continuation => {}
+            }
+        }
+    }
+
+    /// A control frame owed to the server since the last call, if any.
+    pub fn take_owed(&mut self) -> Option<Frame<'static>> {
+        self.owed.take()
+    }
+}
+
+/// The sending half of a connection. Every write is bounded by the write timeout.
+pub struct Writer {
+    ws: WebSocketWrite<WriteHalf<Io>>,
+    /// Reused for every command, so sending allocates nothing in the steady state.
+    buf: Vec<u8>,
+    next_id: u32,
+    write_timeout: Duration,
+}
+
+impl Writer {
+    /// A fresh command id (never 0: id 0 means pong).
+    pub fn next_id(&mut self) -> u32 {
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        self.next_id
+    }
+
+    /// Send `connect` (with `token` if any) and one `subscribe` per channel in one
+    /// frame, as the SDKs do. Returns the ids: the connect's, then one per channel.
+    pub async fn send_session(
+        &mut self,
+        token: Option<&str>,
+        channels: &[&str],
+    ) -> Result<(u32, Vec<u32>), ClientError> {
+        self.buf.clear();
+        let connect_id = self.next_id();
+        write!(self.buf, "{{\"id\":{connect_id},\"connect\":{{").expect("bug: Vec write");
+        if let Some(t) = token {
+            self.buf.extend_from_slice(b"\"token\":");
+            serde_json::to_writer(&mut self.buf, t).expect("bug: Vec write");
+            self.buf.push(b',');
+        }
+        self.buf.extend_from_slice(b"\"name\":\"loadtest\"}}");
+        let mut ids = Vec::with_capacity(channels.len());
+        for ch in channels {
+            let id = self.next_id();
+            write!(self.buf, "\n{{\"id\":{id},\"subscribe\":{{\"channel\":")
+                .expect("bug: Vec write");
+            serde_json::to_writer(&mut self.buf, ch).expect("bug: Vec write");
+            self.buf.extend_from_slice(b"}}");
+            ids.push(id);
+        }
+        self.flush_text().await?;
+        Ok((connect_id, ids))
+    }
+
+    /// Send `publish` on `channel` with command id `id`; `data` writes the
+    /// publication's JSON (one line, no `\n`) into the buffer it is given.
+    pub async fn publish(
+        &mut self,
+        id: u32,
+        channel: &str,
+        data: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), ClientError> {
+        self.buf.clear();
+        write!(self.buf, "{{\"id\":{id},\"publish\":{{\"channel\":").expect("bug: Vec write");
+        serde_json::to_writer(&mut self.buf, channel).expect("bug: Vec write");
+        self.buf.extend_from_slice(b",\"data\":");
+        data(&mut self.buf);
+        self.buf.extend_from_slice(b"}}");
+        self.flush_text().await
+    }
+
+    /// Answer a server ping: the empty command `{}`.
+    pub async fn pong(&mut self) -> Result<(), ClientError> {
+        self.buf.clear();
+        self.buf.extend_from_slice(b"{}");
+        self.flush_text().await
+    }
+
+    /// Send a control frame the reader owes the server ([`Reader::take_owed`]).
+    pub async fn send_owed(&mut self, frame: Frame<'static>) -> Result<(), ClientError> {
+        let t = self.write_timeout;
+        tokio::time::timeout(t, self.ws.write_frame(frame))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                what: "websocket write",
+                after: t,
+            })??;
+        Ok(())
+    }
+
+    async fn flush_text(&mut self) -> Result<(), ClientError> {
+        let t = self.write_timeout;
+        // The client masks in place: the buffer is rebuilt for every command anyway.
+        let frame = Frame::text(Payload::BorrowedMut(&mut self.buf[..]));
+        tokio::time::timeout(t, self.ws.write_frame(frame))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                what: "websocket write",
+                after: t,
+            })??;
+        Ok(())
+    }
+}
+
+/// The messages of one text frame (joined by `\n`; a trailing `\n` is tolerated).
+pub fn messages(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = frame;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let (msg, tail) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = tail;
+        if !msg.is_empty() {
+            return Some(msg);
+        }
+    })
+}
+
+/// Whether a message is the server's ping, `{}` (the gateway's exact encoding).
+pub fn is_ping(msg: &[u8]) -> bool {
+    msg == b"{}"
+}
+
+/// One server message: a reply (`id` > 0), a push, or a ping (neither). Only the
+/// fields the harness reads are decoded; borrowed from the frame, no copies.
+#[derive(Debug, Deserialize)]
+pub struct Reply<'a> {
+    #[serde(default)]
+    pub id: u32,
+    #[serde(default, borrow)]
+    pub error: Option<ReplyError<'a>>,
+    #[serde(default, borrow)]
+    pub push: Option<Push<'a>>,
+    #[serde(default)]
+    pub connect: Option<ConnectResult>,
+}
+
+impl<'a> Reply<'a> {
+    /// Decode one message.
+    pub fn parse(msg: &'a [u8]) -> Result<Reply<'a>, serde_json::Error> {
+        serde_json::from_slice(msg)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReplyError<'a> {
+    #[serde(default)]
+    pub code: u32,
+    #[serde(default, borrow)]
+    pub message: Cow<'a, str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Push<'a> {
+    #[serde(default, borrow)]
+    pub channel: Cow<'a, str>,
+    #[serde(rename = "pub", default, borrow)]
+    pub publication: Option<Publication<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Publication<'a> {
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
+    /// Position in the room's stream; 0 when the room keeps no history.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// The parts of the connect result the harness uses.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConnectResult {
+    /// Connection id given by the server.
+    #[serde(default)]
+    pub client: String,
+    /// Whether the server expects `{}` in answer to its pings.
+    #[serde(default)]
+    pub pong: bool,
+}
+
+/// Send `connect` and the `subscribe`s in one frame and wait, bounded by `timeout`,
+/// for all their replies. Pushes read meanwhile are kept for the next
+/// [`Reader::read`]; pings are answered once the connect result allows it.
+pub async fn start_session(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    token: Option<&str>,
+    channels: &[&str],
+    timeout: Duration,
+) -> Result<ConnectResult, ClientError> {
+    tokio::time::timeout(
+        timeout,
+        start_session_inner(reader, writer, token, channels),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout {
+        what: "connect and subscribe replies",
+        after: timeout,
+    })?
+}
+
+async fn start_session_inner(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    token: Option<&str>,
+    channels: &[&str],
+) -> Result<ConnectResult, ClientError> {
+    let (connect_id, sub_ids) = writer.send_session(token, channels).await?;
+    let mut connected: Option<ConnectResult> = None;
+    let mut pending = sub_ids.len();
+    let mut backlog: Vec<u8> = Vec::new();
+    while connected.is_none() || pending > 0 {
+        let payload = match reader.read().await? {
+            Inbound::Text(p) => p,
+            Inbound::Closed { code, reason } => return Err(ClientError::Closed { code, reason }),
+        };
+        if let Some(f) = reader.take_owed() {
+            writer.send_owed(f).await?;
+        }
+        let mut pongs = 0;
+        for msg in messages(&payload) {
+            if is_ping(msg) {
+                pongs += 1;
+                continue;
+            }
+            let reply = Reply::parse(msg).map_err(|e| {
+                ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(msg)))
+            })?;
+            if reply.id == 0 {
+                if reply.push.is_some() {
+                    if !backlog.is_empty() {
+                        backlog.push(b'\n');
+                    }
+                    backlog.extend_from_slice(msg);
+                } else {
+                    pongs += 1;
+                }
+                continue;
+            }
+            let what = if reply.id == connect_id {
+                "connect".to_owned()
+            } else if let Some(i) = sub_ids.iter().position(|&id| id == reply.id) {
+                format!("subscribe {}", channels[i])
+            } else {
+                return Err(ClientError::Protocol(format!(
+                    "reply to unknown id {}",
+                    reply.id
+                )));
+            };
+            if let Some(e) = reply.error {
+                return Err(ClientError::Refused {
+                    what,
+                    code: e.code,
+                    message: e.message.into_owned(),
+                });
+            }
+            if reply.id == connect_id {
+                connected = Some(reply.connect.unwrap_or_default());
+            } else {
+                pending -= 1;
+            }
+        }
+        if connected.as_ref().is_some_and(|c| c.pong) {
+            for _ in 0..pongs {
+                writer.pong().await?;
+            }
+        }
+    }
+    if !backlog.is_empty() {
+        reader.backlog = Some(backlog);
+    }
+    Ok(connected.expect("bug: loop ends only once connected"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_frames_and_decodes_pushes() {
+        let frame = b"{\"id\":3,\"publish\":{}}\n{}\n{\"push\":{\"channel\":\"r\",\"pub\":{\"data\":{\"s\":1},\"offset\":7}}}\n";
+        let msgs: Vec<&[u8]> = messages(frame).collect();
+        assert_eq!(msgs.len(), 3);
+        assert!(is_ping(msgs[1]));
+        assert_eq!(Reply::parse(msgs[0]).unwrap().id, 3);
+        let push = Reply::parse(msgs[2]).unwrap().push.unwrap();
+        assert_eq!(push.channel, "r");
+        let p = push.publication.unwrap();
+        assert_eq!(p.offset, 7);
+        assert_eq!(p.data.unwrap().get(), "{\"s\":1}");
+        let err =
+            Reply::parse(b"{\"id\":4,\"error\":{\"code\":111,\"message\":\"too many requests\"}}")
+                .unwrap();
+        assert_eq!(err.error.unwrap().code, 111);
+    }
+}

@@ -1,0 +1,150 @@
+//! The fanout report: one JSON object (`--json`) or a table for people.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::latency::LatencyUs;
+
+/// What the run was asked to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutParameters {
+    pub urls: Vec<String>,
+    pub rooms: u32,
+    pub subscribers_per_room: u32,
+    pub publishers: u32,
+    /// Target publications per second, in total.
+    pub rate_per_sec: f64,
+    pub payload_bytes: usize,
+    /// Publishing time.
+    pub duration_seconds: f64,
+}
+
+/// What a fanout run saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    /// Always `fanout`.
+    pub scenario: String,
+    pub parameters: FanoutParameters,
+    /// Connections that connected and subscribed (subscribers and publishers).
+    pub connections: u64,
+    pub connect_errors: u64,
+    /// Connections that ended before the run did (closed by the server, I/O error).
+    pub disconnects: u64,
+    /// From the start until every connection was up or had failed.
+    pub connect_seconds: f64,
+    /// Publications acked by the server.
+    pub publications: u64,
+    /// Publications the server answered with an error.
+    pub publish_errors: u64,
+    /// Acked publications per second of the publishing duration.
+    pub publications_per_sec: f64,
+    /// Publications received, over all receivers (subscribers and publishers).
+    pub deliveries: u64,
+    /// Acked publications of each room times the connections subscribed to it.
+    pub expected_deliveries: u64,
+    /// Deliveries per second, from the start of publishing until the last
+    /// expected delivery (or the end of the drain wait).
+    pub deliveries_per_sec: f64,
+    /// Receive time minus send time; `null` when nothing was delivered.
+    pub latency_us: Option<LatencyUs>,
+    /// Accepted publications a receiver never got in order (gaps and missing tail).
+    pub lost: u64,
+    /// Deliveries that repeated the previous sequence number.
+    pub duplicated: u64,
+    /// Deliveries behind the highest sequence number already seen.
+    pub reordered: u64,
+    /// Room offsets that did not follow the previous one by exactly 1.
+    pub offset_errors: u64,
+    /// Messages that were neither replies nor publications of this run.
+    pub unexpected_messages: u64,
+    /// CPU time (user + system) of this process during the run; includes an
+    /// in-process gateway when there is one.
+    pub harness_cpu_seconds: f64,
+    pub wall_seconds: f64,
+    /// No loss, duplicate, reordering or offset error, every expected delivery seen,
+    /// and no connect, publish or connection error.
+    pub ok: bool,
+    /// Where things went wrong (room, publisher, sequence, connection); bounded.
+    pub problems: Vec<String>,
+}
+
+impl FanoutReport {
+    /// The report as an aligned two-column table.
+    pub fn table(&self) -> String {
+        let p = &self.parameters;
+        let mut rows: Vec<(&str, String)> = vec![
+            ("scenario", self.scenario.clone()),
+            ("urls", p.urls.join(", ")),
+            (
+                "plan",
+                format!(
+                    "{} rooms x {} subscribers, {} publishers, {} pub/s, {} B payload, {}s",
+                    p.rooms,
+                    p.subscribers_per_room,
+                    p.publishers,
+                    p.rate_per_sec,
+                    p.payload_bytes,
+                    p.duration_seconds
+                ),
+            ),
+            (
+                "connections",
+                format!(
+                    "{} in {:.1}s (connect errors {}, disconnects {})",
+                    self.connections, self.connect_seconds, self.connect_errors, self.disconnects
+                ),
+            ),
+            (
+                "publications",
+                format!(
+                    "{} acked, {:.0}/s (errors {})",
+                    self.publications, self.publications_per_sec, self.publish_errors
+                ),
+            ),
+            (
+                "deliveries",
+                format!(
+                    "{} of {} expected, {:.0}/s",
+                    self.deliveries, self.expected_deliveries, self.deliveries_per_sec
+                ),
+            ),
+        ];
+        let latency = match &self.latency_us {
+            Some(l) => format!(
+                "p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0})",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+            ),
+            None => "no samples".into(),
+        };
+        rows.push(("latency (us)", latency));
+        rows.push((
+            "order checks",
+            format!(
+                "lost {} duplicated {} reordered {} offset errors {} unexpected {}",
+                self.lost,
+                self.duplicated,
+                self.reordered,
+                self.offset_errors,
+                self.unexpected_messages
+            ),
+        ));
+        rows.push((
+            "harness",
+            format!(
+                "{:.2} CPU s in {:.2} s wall",
+                self.harness_cpu_seconds, self.wall_seconds
+            ),
+        ));
+        rows.push(("result", if self.ok { "OK" } else { "FAILED" }.into()));
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (k, v) in rows {
+            writeln!(out, "{k:<width$}  {v}").expect("bug: String write");
+        }
+        for line in &self.problems {
+            writeln!(out, "  {line}").expect("bug: String write");
+        }
+        out
+    }
+}

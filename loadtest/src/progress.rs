@@ -1,0 +1,40 @@
+//! Progress snapshots a scenario hands to its caller while it runs (the binary
+//! prints them on a terminal; tests ignore them).
+
+use std::fmt;
+use std::time::Duration;
+
+/// How often a scenario reports progress.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A scenario's counters at one moment.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// `connecting`, `publishing` or `draining`.
+    pub phase: &'static str,
+    /// Since the scenario started.
+    pub elapsed: Duration,
+    pub connections: u64,
+    pub connect_errors: u64,
+    /// Publications acked by the server so far.
+    pub publications: u64,
+    pub deliveries: u64,
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{:>6.1}s] {:<10} connections {} (errors {}), publications {}, deliveries {}",
+            self.elapsed.as_secs_f64(),
+            self.phase,
+            self.connections,
+            self.connect_errors,
+            self.publications,
+            self.deliveries
+        )
+    }
+}
+
+/// Where progress goes: a callback, called from the scenario's coordinating task.
+pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
