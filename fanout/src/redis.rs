@@ -751,13 +751,19 @@ async fn deliver(
         Some(p) if *p.epoch != *msg.epoch => handler.on_lost(room),
         _ => {}
     }
-    positions.insert(
-        room.clone(),
-        Position {
-            offset: msg.offset,
-            epoch: msg.epoch.into(),
-        },
-    );
+    match positions.get_mut(room) {
+        // The common case: no allocation per message.
+        Some(p) if *p.epoch == *msg.epoch => p.offset = msg.offset,
+        _ => {
+            positions.insert(
+                room.clone(),
+                Position {
+                    offset: msg.offset,
+                    epoch: msg.epoch.into(),
+                },
+            );
+        }
+    }
     deliver_publication(inner, room, &env, msg.offset, msg.epoch);
 }
 
