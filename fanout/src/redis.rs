@@ -352,6 +352,8 @@ struct Inner {
     presence: Mutex<HashMap<String, HashMap<String, Vec<u8>>>>,
     cmd_ok: AtomicBool,
     dropped: AtomicU64,
+    /// Pub/sub connections re-established after a loss.
+    reconnects: AtomicU64,
     registry: NodeRegistry,
     scripts: Scripts,
     stop: CancellationToken,
@@ -432,6 +434,7 @@ impl RedisBroker {
             presence: Mutex::new(HashMap::new()),
             cmd_ok: AtomicBool::new(true),
             dropped: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             registry: NodeRegistry::default(),
             scripts: Scripts {
                 publish: Script::new(PUBLISH_SCRIPT),
@@ -467,6 +470,11 @@ impl RedisBroker {
     /// Messages dropped because a worker queue was full (each repaired or reported).
     pub fn dropped_messages(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Pub/sub connections re-established after a loss since start.
+    pub fn pubsub_reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
     }
 }
 
@@ -647,8 +655,71 @@ impl Inner {
 // ---------------------------------------------------------------------------------
 
 struct Position {
+    /// The highest offset delivered, or the stream top when the room was
+    /// subscribed (a baseline, see `delivered`).
     offset: u64,
+    /// Empty: the room had no stream when it was subscribed; the first epoch seen
+    /// is adopted and repaired from offset 0.
     epoch: Arc<str>,
+    /// False while `offset` is only the baseline: publications at or below it may
+    /// still arrive from pub/sub and are delivered (subscribers drop what they
+    /// already have), not skipped.
+    delivered: bool,
+}
+
+/// What to do with a publication, given the room's position.
+enum Step {
+    Deliver,
+    Skip,
+    /// Deliver `after+1 ..` from the stream first.
+    Repair(u64),
+    Lost,
+}
+
+fn step(p: Option<&Position>, offset: u64, epoch: &str) -> Step {
+    match p {
+        None => Step::Deliver,
+        Some(p) if p.epoch.is_empty() => {
+            if offset == 1 {
+                Step::Deliver
+            } else {
+                Step::Repair(0)
+            }
+        }
+        Some(p) if *p.epoch != *epoch => Step::Lost,
+        Some(p) if offset <= p.offset => {
+            if p.delivered {
+                Step::Skip
+            } else {
+                Step::Deliver
+            }
+        }
+        Some(p) if offset == p.offset + 1 => Step::Deliver,
+        Some(p) => Step::Repair(p.offset),
+    }
+}
+
+/// Record that `offset` of `epoch` was delivered.
+fn advance(positions: &mut HashMap<Arc<str>, Position>, room: &Arc<str>, offset: u64, epoch: &str) {
+    match positions.get_mut(room) {
+        // The common case: no allocation per message.
+        Some(p) if *p.epoch == *epoch => {
+            if offset > p.offset {
+                p.offset = offset;
+                p.delivered = true;
+            }
+        }
+        _ => {
+            positions.insert(
+                room.clone(),
+                Position {
+                    offset,
+                    epoch: epoch.into(),
+                    delivered: true,
+                },
+            );
+        }
+    }
 }
 
 async fn worker_loop(inner: Arc<Inner>, index: usize, mut rx: mpsc::Receiver<Event>) {
@@ -740,30 +811,17 @@ async fn deliver(
         deliver_publication(inner, room, &env, 0, "");
         return;
     }
-    match positions.get(room) {
-        Some(p) if *p.epoch == *msg.epoch && msg.offset <= p.offset => return,
-        Some(p) if *p.epoch == *msg.epoch && msg.offset > p.offset + 1 => {
-            let from = p.offset;
-            if !repair(inner, positions, room, from, msg.offset - 1, msg.epoch).await {
+    match step(positions.get(room), msg.offset, msg.epoch) {
+        Step::Skip => return,
+        Step::Deliver => {}
+        Step::Repair(after) => {
+            if !repair(inner, positions, room, after, msg.offset - 1, msg.epoch).await {
                 handler.on_lost(room);
             }
         }
-        Some(p) if *p.epoch != *msg.epoch => handler.on_lost(room),
-        _ => {}
+        Step::Lost => handler.on_lost(room),
     }
-    match positions.get_mut(room) {
-        // The common case: no allocation per message.
-        Some(p) if *p.epoch == *msg.epoch => p.offset = msg.offset,
-        _ => {
-            positions.insert(
-                room.clone(),
-                Position {
-                    offset: msg.offset,
-                    epoch: msg.epoch.into(),
-                },
-            );
-        }
-    }
+    advance(positions, room, msg.offset, msg.epoch);
     deliver_publication(inner, room, &env, msg.offset, msg.epoch);
 }
 
@@ -809,33 +867,31 @@ async fn repair(
     for p in &page.publications {
         handler.on_publication(room, p, epoch);
     }
-    positions.insert(
-        room.clone(),
-        Position {
-            offset: upto,
-            epoch: epoch.into(),
-        },
-    );
+    advance(positions, room, upto, epoch);
     true
 }
 
 /// Reads a resync retries (with backoff, about 15 s in all) while Redis is away.
 const RESYNC_ATTEMPTS: u32 = 8;
 
-/// After a (re)subscribe or a dropped message: deliver what the stream has beyond the
-/// last delivered offset, or report the room lost.
+/// After a (re)subscribe or a dropped message. A room without a position gets its
+/// baseline (the stream top, or "no stream"). A room with one gets what the stream
+/// holds beyond it, in order, or is reported lost.
 async fn resync(inner: &Inner, positions: &mut HashMap<Arc<str>, Position>, room: &Arc<str>) {
-    let Some(p) = positions.get(room) else {
-        return;
-    };
-    let (after, epoch) = (p.offset, p.epoch.clone());
-    let query = HistoryQuery {
-        since: Some(StreamPosition {
-            offset: after,
-            epoch: String::new(),
-        }),
-        limit: None,
-        reverse: false,
+    let known = positions.get(room).map(|p| (p.offset, p.epoch.clone()));
+    let query = match &known {
+        None => HistoryQuery {
+            limit: Some(0),
+            ..Default::default()
+        },
+        Some((after, _)) => HistoryQuery {
+            since: Some(StreamPosition {
+                offset: *after,
+                epoch: String::new(),
+            }),
+            limit: None,
+            reverse: false,
+        },
     };
     let mut attempt = 0u32;
     let page = loop {
@@ -863,43 +919,58 @@ async fn resync(inner: &Inner, positions: &mut HashMap<Arc<str>, Position>, room
     let Some(handler) = inner.handler() else {
         return;
     };
-    if page.position.epoch != *epoch || page.position.offset < after {
-        handler.on_lost(room);
-        positions.remove(room);
+    let top = page.position;
+    let Some((after, epoch)) = known else {
+        positions.insert(
+            room.clone(),
+            Position {
+                offset: top.offset,
+                epoch: top.epoch.as_str().into(),
+                delivered: false,
+            },
+        );
+        return;
+    };
+    if top.epoch.is_empty() && epoch.is_empty() {
+        // Still no stream: a room without history, or none published yet.
         return;
     }
-    if page.position.offset == after {
-        return;
-    }
-    let complete = page
-        .publications
-        .first()
-        .is_some_and(|p| p.offset == after + 1)
-        && page
-            .publications
-            .last()
-            .is_some_and(|p| p.offset == page.position.offset);
-    if !complete {
+    if top.epoch.is_empty() {
+        // The stream we were following is gone (Redis lost it, or it expired).
         handler.on_lost(room);
         positions.insert(
             room.clone(),
             Position {
-                offset: page.position.offset,
-                epoch,
+                offset: 0,
+                epoch: "".into(),
+                delivered: false,
             },
         );
         return;
     }
-    for p in &page.publications {
-        handler.on_publication(room, p, &epoch);
+    if top.epoch == *epoch && top.offset == after {
+        return;
     }
-    positions.insert(
-        room.clone(),
-        Position {
-            offset: page.position.offset,
-            epoch,
-        },
-    );
+    // A stream that appeared after the baseline is read from its start.
+    let after = if epoch.is_empty() { 0 } else { after };
+    let complete = (epoch.is_empty() || top.epoch == *epoch)
+        && top.offset >= after
+        && page
+            .publications
+            .first()
+            .is_some_and(|p| p.offset == after + 1)
+        && page
+            .publications
+            .last()
+            .is_some_and(|p| p.offset == top.offset);
+    if complete {
+        for p in &page.publications {
+            handler.on_publication(room, p, &top.epoch);
+        }
+    } else {
+        handler.on_lost(room);
+    }
+    advance(positions, room, top.offset, &top.epoch);
 }
 
 // ---------------------------------------------------------------------------------
@@ -1010,6 +1081,7 @@ async fn single_shard_loop(
         attempt = 0;
         shard.connected.store(true, Ordering::Relaxed);
         if !first_connect {
+            inner.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 shard = index,
                 rooms = rooms.len(),
@@ -1053,7 +1125,8 @@ async fn single_shard_loop(
                 }
                 _ = probe.tick() => {
                     // A pub/sub connection can go silent in a failover without closing.
-                    if !matches!(tokio::time::timeout(timeout, sink.ping::<String>()).await, Ok(Ok(_))) {
+                    // (Subscribed, PING answers ["pong", ""]: any reply will do.)
+                    if !matches!(tokio::time::timeout(timeout, sink.ping::<Value>()).await, Ok(Ok(_))) {
                         tracing::warn!(shard = index, "pub/sub probe failed; reconnecting");
                         break;
                     }
@@ -1162,6 +1235,7 @@ async fn cluster_shard_loop(
                 );
                 shard.connected.store(ok, Ordering::Relaxed);
                 if ok && disconnected.swap(false, Ordering::Relaxed) {
+                    inner.reconnects.fetch_add(1, Ordering::Relaxed);
                     // The connection resubscribed by itself; fetch what was missed.
                     let rooms = shard_rooms(&inner, index);
                     tracing::info!(shard = index, rooms = rooms.len(), "cluster pub/sub reconnected; repairing rooms");

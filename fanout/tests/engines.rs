@@ -436,6 +436,20 @@ async fn redis_silent_pubsub_connection_is_probed_and_restarted() {
         .until("repaired 2..3", |e| pubs_in(e, "r").len() >= 3)
         .await;
     assert_eq!(pubs_in(&ev, "r"), vec![(1, 1), (2, 2), (3, 3)]);
+    assert!(a.pubsub_reconnects() >= 1);
+}
+
+/// Regression: PING on a subscribed connection answers ["pong", ""]; taking that
+/// for a failure made every probe restart the connection.
+#[tokio::test]
+async fn redis_healthy_pubsub_connections_are_not_restarted_by_probes() {
+    let server = RedisServer::start();
+    let (a, _) = redis_via(server.url()).await;
+    a.subscribe("r").await.unwrap();
+    // Ten probe intervals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(a.pubsub_reconnects(), 0);
+    assert!(a.is_healthy());
 }
 
 /// When the missed range has left history, the node says so instead of skipping.
@@ -626,4 +640,46 @@ async fn redis_control_and_registry_span_nodes() {
     let (a, rec_a) = redis(&server).await;
     let (b, rec_b) = redis(&server).await;
     control_behaviour(a, rec_a, b, rec_b).await;
+}
+
+/// The pub/sub connection breaks before the room's first publication reached the
+/// node: the baseline taken at subscribe time still lets it repair, whether the
+/// room's stream existed then (`with_stream`) or was created by the missed
+/// publications.
+async fn repair_before_first_publication(with_stream: bool) {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let (a, rec) = redis_via(proxy.url()).await;
+    let (b, _) = redis(&server).await;
+    if with_stream {
+        b.history("r", HistoryQuery::default(), HIST.meta_ttl)
+            .await
+            .unwrap();
+    }
+    a.subscribe("r").await.unwrap();
+    // Let the node take its baseline.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.freeze();
+    for n in 1..=3 {
+        b.publish("r", publication(n), Some(HIST)).await.unwrap();
+    }
+    proxy.cut();
+    let ev = rec
+        .until("repaired 1..3", |e| pubs_in(e, "r").len() >= 3)
+        .await;
+    assert_eq!(pubs_in(&ev, "r"), vec![(1, 1), (2, 2), (3, 3)]);
+    assert!(!ev.iter().any(|e| matches!(e, Ev::Lost(_))), "{ev:?}");
+    b.publish("r", publication(4), Some(HIST)).await.unwrap();
+    let ev = rec.until("live 4", |e| pubs_in(e, "r").len() >= 4).await;
+    assert_eq!(pubs_in(&ev, "r").last(), Some(&(4, 4)));
+}
+
+#[tokio::test]
+async fn redis_repairs_a_room_whose_first_publications_were_missed() {
+    repair_before_first_publication(true).await;
+}
+
+#[tokio::test]
+async fn redis_repairs_a_room_whose_stream_appeared_while_disconnected() {
+    repair_before_first_publication(false).await;
 }

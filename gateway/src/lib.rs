@@ -5,6 +5,7 @@
 //! - [`node`]: shared state of one node: broker, hub, verifier, shutdown.
 //! - [`server`]: the HTTP server, WebSocket upgrade, health endpoints, drain.
 //! - [`ws`]: the reader and writer tasks of one WebSocket.
+//! - [`frame`]: the WebSocket frame reader (no buffer while a connection is idle).
 //! - [`conn`]: one connection's session and its commands.
 //! - [`hub`]: rooms to local subscribers; where broker events fan out.
 //! - [`outbound`]: a connection's bounded outbound queue.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod frame;
 pub mod hub;
 pub mod metrics;
 pub mod node;

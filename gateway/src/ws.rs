@@ -8,9 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fastwebsockets::{
-    FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketWrite,
-};
+use fastwebsockets::{Frame, Payload, Role, WebSocket, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use shared::codes::{
@@ -20,6 +18,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::time::{timeout, Instant};
 
 use crate::conn::Conn;
+use crate::frame::{FrameReader, Message, ReadError};
 use crate::node::Node;
 use crate::outbound::Item;
 
@@ -35,12 +34,13 @@ const CLOSE_NORMAL: DisconnectCode = DisconnectCode {
 const FRAME_BUFFER_KEEP: usize = 16 << 10;
 
 /// Serve one upgraded WebSocket until it closes, then leave its rooms.
-pub async fn serve(node: Arc<Node>, mut ws: WebSocket<Io>) {
-    ws.set_max_message_size(node.config.client.max_message_bytes);
-    ws.set_auto_pong(false);
-    ws.set_auto_close(false);
-    let (rx, tx) = ws.split(tokio::io::split);
-    let rx = FragmentCollectorRead::new(rx);
+pub async fn serve(node: Arc<Node>, ws: WebSocket<Io>) {
+    // Reads go through our own frame reader (no buffer while idle); writes through
+    // fastwebsockets, vectored from the first byte so it keeps no write buffer either.
+    let (rd, wr) = tokio::io::split(ws.into_inner());
+    let (_, mut tx) = fastwebsockets::after_handshake_split(tokio::io::empty(), wr, Role::Server);
+    tx.set_writev_threshold(0);
+    let rx = FrameReader::new(rd, node.config.client.max_message_bytes);
     let conn = Conn::new(node.clone());
     node.metrics.connections.inc();
     node.metrics.connections_total.inc();
@@ -54,58 +54,56 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocket<Io>) {
     node.metrics.connections.dec();
 }
 
-async fn read_loop(conn: &Conn, mut rx: FragmentCollectorRead<ReadHalf<Io>>) {
-    // Control frames are answered through the writer (auto-pong and auto-close are
-    // off), so this is never called.
-    let mut obligated = |_: Frame<'_>| std::future::ready(Ok::<(), std::io::Error>(()));
+async fn read_loop(conn: &Conn, mut rx: FrameReader<ReadHalf<Io>>) {
     loop {
         let res = tokio::select! {
             biased;
             _ = conn.done.cancelled() => return,
-            r = rx.read_frame(&mut obligated) => r,
+            r = rx.next() => r,
         };
-        let frame = match res {
-            Ok(frame) => frame,
-            Err(WebSocketError::FrameTooLarge) => {
-                conn.out.close(DISCONNECT_MESSAGE_TOO_BIG);
-                return;
-            }
-            Err(WebSocketError::IoError(_)) | Err(WebSocketError::UnexpectedEOF) => {
-                conn.out.close(CLOSE_NORMAL);
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(client = %conn.client, error = %e, "websocket protocol error");
-                conn.node.metrics.protocol_errors.inc();
-                conn.out.close(DISCONNECT_BAD_REQUEST);
-                return;
-            }
-        };
-        match frame.opcode {
-            OpCode::Text => {
+        match res {
+            Ok(Message::Text(payload)) => {
                 if conn.out.is_closing() {
                     continue;
                 }
-                if let Err(code) = conn.handle_frame(&frame.payload).await {
+                if let Err(code) = conn.handle_frame(&payload).await {
                     conn.node.metrics.protocol_errors.inc();
                     tracing::debug!(client = %conn.client, code = code.code, "closing connection");
                     conn.out.close(code);
                 }
             }
             // The JSON protocol has no binary messages.
-            OpCode::Binary => {
+            Ok(Message::Binary) => {
                 conn.node.metrics.protocol_errors.inc();
                 conn.out.close(DISCONNECT_BAD_REQUEST);
             }
-            OpCode::Close => {
+            Ok(Message::Close(_)) => {
                 conn.out.close(CLOSE_NORMAL);
                 return;
             }
-            OpCode::Ping => conn
-                .out
-                .push_item(Item::Pong(Bytes::copy_from_slice(&frame.payload))),
-            OpCode::Pong | OpCode::Continuation => {}
+            Ok(Message::Ping(payload)) => conn.out.push_item(Item::Pong(payload)),
+            Err(ReadError::TooLarge) => {
+                conn.out.close(DISCONNECT_MESSAGE_TOO_BIG);
+                break;
+            }
+            Err(ReadError::Eof) | Err(ReadError::Io(_)) => {
+                conn.out.close(CLOSE_NORMAL);
+                return;
+            }
+            Err(ReadError::Protocol(why)) => {
+                tracing::debug!(client = %conn.client, why, "websocket protocol error");
+                conn.node.metrics.protocol_errors.inc();
+                conn.out.close(DISCONNECT_BAD_REQUEST);
+                break;
+            }
         }
+    }
+    // The stream cannot be parsed any more; until the client goes (or the writer
+    // gives up after the close timeout), drop what it sends.
+    tokio::select! {
+        biased;
+        _ = conn.done.cancelled() => {}
+        _ = rx.discard() => {}
     }
 }
 
