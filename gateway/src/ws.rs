@@ -14,8 +14,9 @@ use hyper_util::rt::TokioIo;
 use shared::codes::{
     DisconnectCode, DISCONNECT_BAD_REQUEST, DISCONNECT_MESSAGE_TOO_BIG, DISCONNECT_SHUTDOWN,
 };
-use tokio::io::{ReadHalf, WriteHalf};
-use tokio::time::{timeout, Instant};
+use std::pin::Pin;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
 
 use crate::conn::Conn;
 use crate::frame::{FrameReader, Message, ReadError};
@@ -54,7 +55,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket<Io>) {
     node.metrics.connections.dec();
 }
 
-async fn read_loop(conn: &Conn, mut rx: FrameReader<ReadHalf<Io>>) {
+async fn read_loop<R: AsyncRead + Unpin>(conn: &Conn, mut rx: FrameReader<R>) {
     loop {
         let res = tokio::select! {
             biased;
@@ -66,7 +67,9 @@ async fn read_loop(conn: &Conn, mut rx: FrameReader<ReadHalf<Io>>) {
                 if conn.out.is_closing() {
                     continue;
                 }
-                if let Err(code) = conn.handle_frame(&payload).await {
+                // Boxed: the command path's state machine is ~2.6 KB; inline, every
+                // idle connection's task would carry it.
+                if let Err(code) = Box::pin(conn.handle_frame(&payload)).await {
                     conn.node.metrics.protocol_errors.inc();
                     tracing::debug!(client = %conn.client, code = code.code, "closing connection");
                     conn.out.close(code);
@@ -112,7 +115,7 @@ enum Stop {
     Abandon,
 }
 
-async fn write_loop(conn: Arc<Conn>, mut tx: WebSocketWrite<WriteHalf<Io>>) {
+async fn write_loop<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut tx: WebSocketWrite<W>) {
     let mut items = VecDeque::new();
     let mut parts: Vec<Bytes> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -131,17 +134,18 @@ async fn write_loop(conn: Arc<Conn>, mut tx: WebSocketWrite<WriteHalf<Io>>) {
                     Ok(())
                 }
                 Item::Pong(payload) => {
-                    match write_parts(&conn, &mut tx, &mut parts, &mut buf).await {
+                    match write_parts(&conn, &mut tx, &mut parts, &mut buf, sleep.as_mut()).await {
                         Ok(()) => {
-                            write(&conn, &mut tx, Frame::pong(Payload::Borrowed(&payload))).await
+                            let pong = Frame::pong(Payload::Borrowed(&payload));
+                            write(&conn, &mut tx, pong, sleep.as_mut()).await
                         }
                         Err(e) => Err(e),
                     }
                 }
                 Item::Unsubscribe(sub, code) => {
-                    match write_parts(&conn, &mut tx, &mut parts, &mut buf).await {
+                    match write_parts(&conn, &mut tx, &mut parts, &mut buf, sleep.as_mut()).await {
                         Ok(()) => {
-                            conn.server_unsubscribe(&sub, code).await;
+                            Box::pin(conn.server_unsubscribe(&sub, code)).await;
                             Ok(())
                         }
                         Err(e) => Err(e),
@@ -152,7 +156,7 @@ async fn write_loop(conn: Arc<Conn>, mut tx: WebSocketWrite<WriteHalf<Io>>) {
                 break 'run;
             }
         }
-        if write_parts(&conn, &mut tx, &mut parts, &mut buf)
+        if write_parts(&conn, &mut tx, &mut parts, &mut buf, sleep.as_mut())
             .await
             .is_err()
         {
@@ -160,17 +164,17 @@ async fn write_loop(conn: Arc<Conn>, mut tx: WebSocketWrite<WriteHalf<Io>>) {
         }
         if let Some(code) = drained.close {
             let reason = truncate_reason(&code.reason);
-            if write(&conn, &mut tx, Frame::close(code.code, reason.as_bytes()))
-                .await
-                .is_ok()
-            {
+            let close = Frame::close(code.code, reason.as_bytes());
+            if write(&conn, &mut tx, close, sleep.as_mut()).await.is_ok() {
                 // Give the client time to answer with its close frame, so that the
                 // socket is not reset under a close frame it has not read yet.
-                let _ = timeout(
-                    conn.node.config.client.close_timeout,
-                    conn.reader_done.cancelled(),
-                )
-                .await;
+                sleep
+                    .as_mut()
+                    .reset(Instant::now() + conn.node.config.client.close_timeout);
+                tokio::select! {
+                    _ = conn.reader_done.cancelled() => {}
+                    _ = &mut sleep => {}
+                }
             }
             break;
         }
@@ -202,21 +206,29 @@ fn truncate_reason(reason: &str) -> &str {
     &reason[..end]
 }
 
-async fn write(
+/// Write one frame within `write_timeout`, timed by the writer's own timer (a
+/// `timeout()` per write would put a second timer in every connection's task).
+async fn write<W: AsyncWrite + Unpin>(
     conn: &Conn,
-    tx: &mut WebSocketWrite<WriteHalf<Io>>,
+    tx: &mut WebSocketWrite<W>,
     frame: Frame<'_>,
+    mut deadline: Pin<&mut Sleep>,
 ) -> Result<(), Stop> {
-    match timeout(conn.node.config.client.write_timeout, tx.write_frame(frame)).await {
-        Ok(Ok(())) => {
-            conn.node.metrics.frames_written.inc();
-            Ok(())
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(client = %conn.client, error = %e, "write failed");
-            Err(Stop::Abandon)
-        }
-        Err(_) => {
+    deadline
+        .as_mut()
+        .reset(Instant::now() + conn.node.config.client.write_timeout);
+    tokio::select! {
+        r = tx.write_frame(frame) => match r {
+            Ok(()) => {
+                conn.node.metrics.frames_written.inc();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(client = %conn.client, error = %e, "write failed");
+                Err(Stop::Abandon)
+            }
+        },
+        _ = deadline => {
             tracing::debug!(client = %conn.client, "write timed out");
             Err(Stop::Abandon)
         }
@@ -224,17 +236,18 @@ async fn write(
 }
 
 /// Write the queued messages as one text frame, newline-separated.
-async fn write_parts(
+async fn write_parts<W: AsyncWrite + Unpin>(
     conn: &Conn,
-    tx: &mut WebSocketWrite<WriteHalf<Io>>,
+    tx: &mut WebSocketWrite<W>,
     parts: &mut Vec<Bytes>,
     buf: &mut Vec<u8>,
+    deadline: Pin<&mut Sleep>,
 ) -> Result<(), Stop> {
     match parts.len() {
         0 => return Ok(()),
         1 => {
             let one = parts.pop().expect("bug: one part");
-            return write(conn, tx, Frame::text(Payload::Borrowed(&one))).await;
+            return write(conn, tx, Frame::text(Payload::Borrowed(&one)), deadline).await;
         }
         _ => {}
     }
@@ -245,9 +258,34 @@ async fn write_parts(
         }
         buf.extend_from_slice(&p);
     }
-    let res = write(conn, tx, Frame::text(Payload::Borrowed(buf))).await;
+    let res = write(conn, tx, Frame::text(Payload::Borrowed(buf)), deadline).await;
     if buf.capacity() > FRAME_BUFFER_KEEP {
         *buf = Vec::new();
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    /// What an idle connection's two tasks carry, inline, for their whole life.
+    #[tokio::test]
+    async fn connection_tasks_stay_small() {
+        let node = crate::Node::new(crate::Config::default(), fanout::MemoryBroker::new()).unwrap();
+        let conn = crate::conn::Conn::new(node);
+        let (rd, wr) = tokio::io::split(tokio::io::empty());
+        let rx = crate::frame::FrameReader::new(rd, 1024);
+        let reader = super::read_loop(&conn, rx);
+        let (_, tx) = fastwebsockets::after_handshake_split(
+            tokio::io::empty(),
+            wr,
+            fastwebsockets::Role::Server,
+        );
+        let writer = super::write_loop(conn.clone(), tx);
+        let (r, w) = (
+            std::mem::size_of_val(&reader),
+            std::mem::size_of_val(&writer),
+        );
+        // Measured 392 and 1072 B when written; the command path used to add 2.6 KB.
+        assert!(r <= 512 && w <= 1152, "reader {r} B, writer {w} B");
+    }
 }
