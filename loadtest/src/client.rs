@@ -2,7 +2,8 @@
 //! connect (optionally from a chosen source address), WebSocket handshake, `connect`
 //! and `subscribe` sent together in one frame, `publish`, splitting frames on `\n`,
 //! and `{}` pongs. A socket is split into a [`Reader`] and a [`Writer`] so a publisher
-//! can read and write at once; a subscriber drives both in turn from one task.
+//! can read and write at once; a subscriber drives both in turn from one task
+//! ([`serve`]).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 type Io = TokioIo<Upgraded>;
@@ -62,6 +64,37 @@ pub enum ClientError {
     },
     #[error("unexpected message from the server: {0}")]
     Protocol(String),
+}
+
+impl ClientError {
+    /// A short classification for counting failures by kind: `tcp ConnectionRefused`,
+    /// `http 503`, `close 3012`, `error 109`, `timeout <what>`.
+    pub fn kind(&self) -> String {
+        match self {
+            ClientError::Url { .. } => "url".into(),
+            ClientError::Resolve { .. } => "resolve".into(),
+            ClientError::Bind { source, .. } => format!("bind {:?}", source.kind()),
+            ClientError::Tcp { source, .. } => format!("tcp {:?}", source.kind()),
+            ClientError::Handshake {
+                source: WebSocketError::InvalidStatusCode(status),
+                ..
+            } => format!("http {status}"),
+            ClientError::Handshake { source, .. } => format!("handshake {}", ws_kind(source)),
+            ClientError::Timeout { what, .. } => format!("timeout {what}"),
+            ClientError::Ws(e) => format!("websocket {}", ws_kind(e)),
+            ClientError::Closed { code, .. } => format!("close {code}"),
+            ClientError::Refused { code, .. } => format!("error {code}"),
+            ClientError::Protocol(_) => "protocol".into(),
+        }
+    }
+}
+
+fn ws_kind(e: &WebSocketError) -> String {
+    match e {
+        WebSocketError::IoError(io) => format!("io {:?}", io.kind()),
+        WebSocketError::HTTPError(_) => "http error".into(),
+        other => other.to_string(),
+    }
 }
 
 /// A gateway's WebSocket URL (`ws://host:port/path`), resolved once.
@@ -330,6 +363,16 @@ impl Writer {
         token: Option<&str>,
         channels: &[&str],
     ) -> Result<(u32, Vec<u32>), ClientError> {
+        let subs: Vec<Subscription<'_>> = channels.iter().map(|&c| Subscription::to(c)).collect();
+        self.send_subscriptions(token, &subs).await
+    }
+
+    /// [`Writer::send_session`] with the subscribe options of each channel.
+    pub async fn send_subscriptions(
+        &mut self,
+        token: Option<&str>,
+        subs: &[Subscription<'_>],
+    ) -> Result<(u32, Vec<u32>), ClientError> {
         self.buf.clear();
         let connect_id = self.next_id();
         write!(self.buf, "{{\"id\":{connect_id},\"connect\":{{").expect("bug: Vec write");
@@ -339,12 +382,24 @@ impl Writer {
             self.buf.push(b',');
         }
         self.buf.extend_from_slice(b"\"name\":\"loadtest\"}}");
-        let mut ids = Vec::with_capacity(channels.len());
-        for ch in channels {
+        let mut ids = Vec::with_capacity(subs.len());
+        for sub in subs {
             let id = self.next_id();
             write!(self.buf, "\n{{\"id\":{id},\"subscribe\":{{\"channel\":")
                 .expect("bug: Vec write");
-            serde_json::to_writer(&mut self.buf, ch).expect("bug: Vec write");
+            serde_json::to_writer(&mut self.buf, sub.channel).expect("bug: Vec write");
+            if sub.recoverable {
+                self.buf.extend_from_slice(b",\"recoverable\":true");
+            }
+            if let Some(p) = &sub.recover_from {
+                write!(
+                    self.buf,
+                    ",\"recover\":true,\"offset\":{},\"epoch\":",
+                    p.offset
+                )
+                .expect("bug: Vec write");
+                serde_json::to_writer(&mut self.buf, &p.epoch).expect("bug: Vec write");
+            }
             self.buf.extend_from_slice(b"}}");
             ids.push(id);
         }
@@ -378,27 +433,81 @@ impl Writer {
 
     /// Send a control frame the reader owes the server ([`Reader::take_owed`]).
     pub async fn send_owed(&mut self, frame: Frame<'static>) -> Result<(), ClientError> {
-        let t = self.write_timeout;
-        tokio::time::timeout(t, self.ws.write_frame(frame))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                what: "websocket write",
-                after: t,
-            })??;
-        Ok(())
+        write_bounded(&mut self.ws, frame, self.write_timeout, "websocket write").await
+    }
+
+    /// Send a close frame with `code`, bounded by [`CLOSE_WRITE_TIMEOUT`]; the
+    /// connection is dropped afterwards without waiting for the server's answer.
+    pub async fn close(&mut self, code: u16) -> Result<(), ClientError> {
+        let frame = Frame::close(code, b"");
+        write_bounded(&mut self.ws, frame, CLOSE_WRITE_TIMEOUT, "websocket close").await
     }
 
     async fn flush_text(&mut self) -> Result<(), ClientError> {
-        let t = self.write_timeout;
         // The client masks in place: the buffer is rebuilt for every command anyway.
         let frame = Frame::text(Payload::BorrowedMut(&mut self.buf[..]));
-        tokio::time::timeout(t, self.ws.write_frame(frame))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                what: "websocket write",
-                after: t,
-            })??;
-        Ok(())
+        write_bounded(&mut self.ws, frame, self.write_timeout, "websocket write").await
+    }
+}
+
+async fn write_bounded(
+    ws: &mut WebSocketWrite<WriteHalf<Io>>,
+    frame: Frame<'_>,
+    after: Duration,
+    what: &'static str,
+) -> Result<(), ClientError> {
+    tokio::time::timeout(after, ws.write_frame(frame))
+        .await
+        .map_err(|_| ClientError::Timeout { what, after })??;
+    Ok(())
+}
+
+/// Bound on sending the close frame at the end of a run: a stuck server must not
+/// hold up the end of the run by the whole write timeout.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Read frames until `cancel` fires, then close with 1000 (normal closure). Each
+/// text frame goes to `on_frame`, which returns the pings it held; they are answered
+/// when `pong` (the connect result asked for pongs), as are WebSocket control frames.
+/// `Ok` when cancelled; `Err` when the connection ended first (a close frame from
+/// the server is [`ClientError::Closed`]).
+pub async fn serve(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    pong: bool,
+    cancel: &CancellationToken,
+    mut on_frame: impl FnMut(&[u8]) -> usize,
+) -> Result<(), ClientError> {
+    // Created once: a fresh `cancelled()` per frame registers and unregisters a
+    // waiter under the token's lock, which every connection task contends for.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        // `read` is not cancel-safe; cancelling it is fine here because the
+        // connection is closed and dropped right after.
+        let r = tokio::select! {
+            biased;
+            _ = &mut cancelled => {
+                // The run is over either way; a failed close is not the server's fault.
+                writer.close(1000).await.ok();
+                return Ok(());
+            }
+            r = reader.read() => r,
+        };
+        match r? {
+            Inbound::Text(frame) => {
+                let pings = on_frame(&frame);
+                if pong {
+                    for _ in 0..pings {
+                        writer.pong().await?;
+                    }
+                }
+            }
+            Inbound::Closed { code, reason } => return Err(ClientError::Closed { code, reason }),
+        }
+        if let Some(f) = reader.take_owed() {
+            writer.send_owed(f).await?;
+        }
     }
 }
 
@@ -437,6 +546,8 @@ pub struct Reply<'a> {
     pub push: Option<Push<'a>>,
     #[serde(default)]
     pub connect: Option<ConnectResult>,
+    #[serde(default)]
+    pub subscribe: Option<SubscribeResult>,
 }
 
 impl<'a> Reply<'a> {
@@ -460,6 +571,15 @@ pub struct Push<'a> {
     pub channel: Cow<'a, str>,
     #[serde(rename = "pub", default, borrow)]
     pub publication: Option<Publication<'a>>,
+    #[serde(default)]
+    pub unsubscribe: Option<Unsubscribed>,
+}
+
+/// A server-side unsubscribe push; from code 2500 the SDKs resubscribe.
+#[derive(Debug, Deserialize)]
+pub struct Unsubscribed {
+    #[serde(default)]
+    pub code: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -482,6 +602,65 @@ pub struct ConnectResult {
     pub pong: bool,
 }
 
+/// The parts of a subscribe result the harness uses (PROTOCOL.md section 8).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SubscribeResult {
+    #[serde(default)]
+    pub recoverable: bool,
+    /// The recovery asked for succeeded: `publications` are exactly the missed ones.
+    #[serde(default)]
+    pub recovered: bool,
+    #[serde(default)]
+    pub was_recovering: bool,
+    #[serde(default)]
+    pub epoch: String,
+    /// The room's top offset; after a successful recovery, the offset asked for.
+    #[serde(default)]
+    pub offset: u64,
+    /// Recovered publications, in order.
+    #[serde(default)]
+    pub publications: Vec<RecoveredPublication>,
+}
+
+/// A publication returned in a subscribe reply.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecoveredPublication {
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// A position in a room's stream: the last offset seen, in its epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// One channel of a session and how to subscribe to it.
+#[derive(Debug, Clone)]
+pub struct Subscription<'a> {
+    pub channel: &'a str,
+    /// Ask for a recoverable subscription (`recoverable:true`): the reply carries
+    /// the room's position. Default false.
+    pub recoverable: bool,
+    /// Recover from this position (`recover:true`, `offset`, `epoch`); needs
+    /// `recoverable`. Default none.
+    pub recover_from: Option<Position>,
+}
+
+impl<'a> Subscription<'a> {
+    /// A plain subscription to `channel`.
+    pub fn to(channel: &'a str) -> Self {
+        Subscription {
+            channel,
+            recoverable: false,
+            recover_from: None,
+        }
+    }
+}
+
 /// Send `connect` and the `subscribe`s in one frame and wait, bounded by `timeout`,
 /// for all their replies. Pushes read meanwhile are kept for the next
 /// [`Reader::read`]; pings are answered once the connect result allows it.
@@ -492,25 +671,38 @@ pub async fn start_session(
     channels: &[&str],
     timeout: Duration,
 ) -> Result<ConnectResult, ClientError> {
-    tokio::time::timeout(
-        timeout,
-        start_session_inner(reader, writer, token, channels),
-    )
-    .await
-    .map_err(|_| ClientError::Timeout {
-        what: "connect and subscribe replies",
-        after: timeout,
-    })?
+    let subs: Vec<Subscription<'_>> = channels.iter().map(|&c| Subscription::to(c)).collect();
+    Ok(start_session_with(reader, writer, token, &subs, timeout)
+        .await?
+        .0)
+}
+
+/// [`start_session`] with the subscribe options of each channel; also returns the
+/// subscribe results, one per subscription.
+pub async fn start_session_with(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    token: Option<&str>,
+    subs: &[Subscription<'_>],
+    timeout: Duration,
+) -> Result<(ConnectResult, Vec<SubscribeResult>), ClientError> {
+    tokio::time::timeout(timeout, start_session_inner(reader, writer, token, subs))
+        .await
+        .map_err(|_| ClientError::Timeout {
+            what: "connect and subscribe replies",
+            after: timeout,
+        })?
 }
 
 async fn start_session_inner(
     reader: &mut Reader,
     writer: &mut Writer,
     token: Option<&str>,
-    channels: &[&str],
-) -> Result<ConnectResult, ClientError> {
-    let (connect_id, sub_ids) = writer.send_session(token, channels).await?;
+    subs: &[Subscription<'_>],
+) -> Result<(ConnectResult, Vec<SubscribeResult>), ClientError> {
+    let (connect_id, sub_ids) = writer.send_subscriptions(token, subs).await?;
     let mut connected: Option<ConnectResult> = None;
+    let mut subscribed = vec![SubscribeResult::default(); subs.len()];
     let mut pending = sub_ids.len();
     let mut backlog: Vec<u8> = Vec::new();
     while connected.is_none() || pending > 0 {
@@ -544,7 +736,7 @@ async fn start_session_inner(
             let what = if reply.id == connect_id {
                 "connect".to_owned()
             } else if let Some(i) = sub_ids.iter().position(|&id| id == reply.id) {
-                format!("subscribe {}", channels[i])
+                format!("subscribe {}", subs[i].channel)
             } else {
                 return Err(ClientError::Protocol(format!(
                     "reply to unknown id {}",
@@ -560,7 +752,8 @@ async fn start_session_inner(
             }
             if reply.id == connect_id {
                 connected = Some(reply.connect.unwrap_or_default());
-            } else {
+            } else if let Some(i) = sub_ids.iter().position(|&id| id == reply.id) {
+                subscribed[i] = reply.subscribe.unwrap_or_default();
                 pending -= 1;
             }
         }
@@ -573,7 +766,10 @@ async fn start_session_inner(
     if !backlog.is_empty() {
         reader.backlog = Some(backlog);
     }
-    Ok(connected.expect("bug: loop ends only once connected"))
+    Ok((
+        connected.expect("bug: loop ends only once connected"),
+        subscribed,
+    ))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Latency recording: HDR histograms in microseconds, sharded so thousands of
 //! connection tasks record without contending on one lock.
 
+use std::fmt;
+
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -73,5 +75,15 @@ impl LatencyUs {
             mean: h.mean(),
             count: h.len(),
         })
+    }
+}
+
+impl fmt::Display for LatencyUs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0})",
+            self.p50, self.p90, self.p99, self.p999, self.max, self.mean
+        )
     }
 }

@@ -8,18 +8,43 @@
 //! - [`latency`]: sharded HDR histograms of latencies in microseconds.
 //! - [`fanout`]: the fanout scenario (rooms, subscribers, publishers at a rate) and
 //!   its report.
+//! - [`chat`]: the chat scenario (every member of a room publishes and receives),
+//!   fanout's machinery with one publisher per member.
+//! - [`connect`]: the connection storm (setup latency, accept rate, failures by kind).
+//! - [`idle`]: connections held subscribed; gateway memory per connection.
+//! - [`soak`]: the soak scenario (members publish, drop their connection and
+//!   recover, for long runs): exactly-once in-order delivery across reconnects.
+//! - [`cluster`]: a throwaway local cluster (redis-server and gateway processes) to
+//!   run a scenario against.
+//! - [`crowd`]: many connections held open answering pings, for connect and idle.
+//! - [`dial`]: opening numbered connections (URL, source address, token, bounded
+//!   concurrency) and stopping connection tasks.
+//! - [`report`]: what every report offers (verdict, problems, table) and shared pieces.
 //! - [`options`]: options every scenario shares (URLs, tokens, duration, bounds).
 //! - [`progress`]: progress snapshots handed to the caller while a scenario runs.
-//! - [`sys`]: CPU time used and the open-file limit.
+//! - [`sys`]: CPU time used, the open-file limit, resident memory.
 
+pub mod chat;
 pub mod check;
 pub mod client;
+pub mod cluster;
+pub mod connect;
+pub mod crowd;
+pub mod dial;
 pub mod fanout;
+pub mod idle;
 pub mod latency;
 pub mod options;
 pub mod progress;
+pub mod report;
+pub mod soak;
 pub mod sys;
 
+pub use chat::ChatOptions;
+pub use connect::{ConnectOptions, ConnectReport};
 pub use fanout::{FanoutOptions, FanoutReport};
+pub use idle::{IdleOptions, IdleReport};
 pub use options::CommonOptions;
 pub use progress::Progress;
+pub use report::Report;
+pub use soak::{SoakOptions, SoakReport};

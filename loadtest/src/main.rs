@@ -4,9 +4,14 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use loadtest::{CommonOptions, FanoutOptions, Progress};
+use loadtest::cluster::ClusterOptions;
+use loadtest::progress::ProgressFn;
+use loadtest::{
+    ChatOptions, CommonOptions, ConnectOptions, FanoutOptions, IdleOptions, Progress, Report,
+    SoakOptions,
+};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +40,20 @@ enum Scenario {
     /// Rooms of subscribers and publishers at a fixed rate: latency, loss,
     /// duplicates, order.
     Fanout(FanoutOptions),
+    /// Rooms whose every member publishes at a rate and receives the room: the
+    /// fanout checks with many publishers.
+    Chat(ChatOptions),
+    /// A connection storm: setup latency, accept rate, failures by kind.
+    Connect(ConnectOptions),
+    /// Connections held subscribed for the duration: the gateway's memory per
+    /// connection (--gateway-pid).
+    Idle(IdleOptions),
+    /// Mixed load for long runs: members publish, drop their connection once per
+    /// interval and recover; exactly-once in-order delivery across reconnects.
+    Soak(SoakOptions),
+    /// Start redis-server and N gateway processes on loopback, run the scenario
+    /// given after `--` against them, and stop them.
+    Cluster(ClusterOptions),
 }
 
 fn main() -> ExitCode {
@@ -49,7 +68,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
-    if cli.nofile {
+    let inner = match &cli.scenario {
+        Scenario::Cluster(o) => Some(cluster_scenario(&cli, o)?),
+        _ => None,
+    };
+    let inner_flag = |f: fn(&Cli) -> bool| inner.as_ref().is_some_and(f);
+    if cli.nofile || inner_flag(|i| i.nofile) {
         let (before, after) = loadtest::sys::raise_nofile()
             .context("--nofile: cannot raise the open-file limit (RLIMIT_NOFILE)")?;
         if after > before {
@@ -59,7 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.threads {
+    if let Some(n) = cli.threads.or(inner.as_ref().and_then(|i| i.threads)) {
         builder.worker_threads(n.max(1));
     }
     let runtime = builder.enable_all().build()?;
@@ -68,23 +92,83 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let progress = std::io::stdout()
         .is_terminal()
         .then_some(&print as &(dyn Fn(&Progress) + Sync));
-    let report = runtime.block_on(async {
-        match &cli.scenario {
-            Scenario::Fanout(opts) => loadtest::fanout::run(&cli.common, opts, progress).await,
+    let json = cli.json || inner_flag(|i| i.json);
+    runtime.block_on(async {
+        match (&cli.scenario, &inner) {
+            (Scenario::Cluster(o), Some(inner)) => {
+                loadtest::cluster::run(o, |url, secret| async move {
+                    let common = CommonOptions {
+                        url,
+                        secret: Some(secret),
+                        ..inner.common.clone()
+                    };
+                    scenario(&common, &inner.scenario, progress, json).await
+                })
+                .await
+            }
+            (s, _) => scenario(&cli.common, s, progress, json).await,
         }
-    })?;
-    if cli.json {
+    })
+}
+
+/// The scenario of `cluster ... -- <scenario>`: a loadtest command line of its own,
+/// checked before anything starts. The cluster provides --url and --secret.
+fn cluster_scenario(cli: &Cli, o: &ClusterOptions) -> anyhow::Result<Cli> {
+    let env_secret = std::env::var("LOADTEST_SECRET").ok();
+    let untouched = CommonOptions {
+        secret: env_secret.clone(),
+        ..CommonOptions::default()
+    };
+    if format!("{:?}", cli.common) != format!("{untouched:?}") {
+        bail!(
+            "scenario options go after `--`: loadtest cluster --nodes 3 -- fanout --duration 10s"
+        );
+    }
+    let inner = Cli::try_parse_from(
+        std::iter::once("loadtest").chain(o.scenario.iter().map(String::as_str)),
+    )
+    .unwrap_or_else(|e| e.exit());
+    if matches!(inner.scenario, Scenario::Cluster(_)) {
+        bail!("`cluster` runs a scenario, not another cluster");
+    }
+    let c = &inner.common;
+    if !c.url.is_empty() || c.token.is_some() || c.secret != env_secret {
+        bail!("the cluster provides --url and --secret: leave out --url, --secret and --token");
+    }
+    Ok(inner)
+}
+
+/// Run one scenario and print its report; its verdict.
+async fn scenario(
+    common: &CommonOptions,
+    scenario: &Scenario,
+    progress: Option<ProgressFn<'_>>,
+    json: bool,
+) -> anyhow::Result<bool> {
+    match scenario {
+        Scenario::Fanout(o) => finish(loadtest::fanout::run(common, o, progress).await?, json),
+        Scenario::Chat(o) => finish(loadtest::chat::run(common, o, progress).await?, json),
+        Scenario::Connect(o) => finish(loadtest::connect::run(common, o, progress).await?, json),
+        Scenario::Idle(o) => finish(loadtest::idle::run(common, o, progress).await?, json),
+        Scenario::Soak(o) => finish(loadtest::soak::run(common, o, progress).await?, json),
+        Scenario::Cluster(_) => bail!("`cluster` runs a scenario, not another cluster"),
+    }
+}
+
+/// Print `report` (one JSON object, or the table) and return its verdict.
+fn finish(report: impl Report, json: bool) -> anyhow::Result<bool> {
+    if json {
         println!("{}", serde_json::to_string(&report)?);
-        if !report.ok {
+        if !report.ok() {
             eprintln!("loadtest: FAILED");
-            for line in &report.problems {
+            for line in report.problems() {
                 eprintln!("  {line}");
             }
         }
     } else {
         print!("{}", report.table());
     }
-    Ok(report.ok)
+    Ok(report.ok())
 }
 
 #[cfg(test)]
@@ -102,11 +186,29 @@ mod tests {
             ..CommonOptions::default()
         };
         assert_eq!(format!("{:?}", cli.common), format!("{expected:?}"));
-        let Scenario::Fanout(opts) = cli.scenario;
+        let Scenario::Fanout(opts) = cli.scenario else {
+            panic!("fanout parses as fanout");
+        };
         assert_eq!(
             format!("{opts:?}"),
             format!("{:?}", FanoutOptions::default())
         );
+        let parse = |name: &str| Cli::try_parse_from(["loadtest", name]).unwrap().scenario;
+        let Scenario::Chat(chat) = parse("chat") else {
+            panic!("chat parses as chat");
+        };
+        assert_eq!(format!("{chat:?}"), format!("{:?}", ChatOptions::default()));
+        let Scenario::Connect(connect) = parse("connect") else {
+            panic!("connect parses as connect");
+        };
+        assert_eq!(
+            format!("{connect:?}"),
+            format!("{:?}", ConnectOptions::default())
+        );
+        let Scenario::Idle(idle) = parse("idle") else {
+            panic!("idle parses as idle");
+        };
+        assert_eq!(format!("{idle:?}"), format!("{:?}", IdleOptions::default()));
         let cli = Cli::try_parse_from([
             "loadtest",
             "fanout",
@@ -120,5 +222,40 @@ mod tests {
         assert_eq!(cli.common.url.len(), 2);
         assert_eq!(cli.common.duration.as_secs(), 120);
         assert!(cli.json);
+    }
+
+    #[test]
+    fn soak_defaults_match_the_library_and_cluster_takes_its_scenario_after_dashes() {
+        let Scenario::Soak(soak) = Cli::try_parse_from(["loadtest", "soak"]).unwrap().scenario
+        else {
+            panic!("soak parses as soak");
+        };
+        assert_eq!(format!("{soak:?}"), format!("{:?}", SoakOptions::default()));
+
+        let cli = Cli::try_parse_from([
+            "loadtest", "cluster", "--nodes", "2", "--", "soak", "--rooms", "5", "--json",
+        ])
+        .unwrap();
+        let Scenario::Cluster(o) = &cli.scenario else {
+            panic!("cluster parses as cluster");
+        };
+        assert_eq!((o.nodes, o.keep), (2, false));
+        let inner = cluster_scenario(&cli, o).unwrap();
+        let Scenario::Soak(soak) = &inner.scenario else {
+            panic!("the scenario after -- is soak");
+        };
+        assert_eq!(soak.rooms, 5);
+        assert!(inner.json);
+        for bad in [
+            &["loadtest", "cluster", "--", "fanout", "--url", "ws://a/"][..],
+            &["loadtest", "cluster", "--", "cluster", "--", "fanout"],
+            &["loadtest", "--duration", "5s", "cluster", "--", "fanout"],
+        ] {
+            let cli = Cli::try_parse_from(bad).unwrap();
+            let Scenario::Cluster(o) = &cli.scenario else {
+                panic!("cluster parses as cluster");
+            };
+            assert!(cluster_scenario(&cli, o).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Options every scenario shares: where the gateways are, how clients authenticate,
 //! how long to run, and the bounds on connecting and draining.
 
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shared::auth::{mint_hs256, unix_now, MintClaims};
 
@@ -23,7 +24,8 @@ pub struct CommonOptions {
     /// unless anonymous connections are allowed).
     #[arg(long, global = true, conflicts_with = "secret")]
     pub token: Option<String>,
-    /// How long publishers publish (humantime: 30s, 2m). Default 30s.
+    /// How long publishers publish, or `idle` holds its connections (humantime:
+    /// 30s, 2m). Default 30s.
     #[arg(long, hide_default_value = true, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub duration: Duration,
     /// Local source addresses to bind, comma-separated (e.g. 127.0.0.2,127.0.0.3),
@@ -78,4 +80,23 @@ impl CommonOptions {
             },
         ))
     }
+}
+
+/// `rooms` room names `<prefix>-<run id>-<n>`; the run id is random, so runs never
+/// share rooms.
+pub fn room_names(prefix: &str, rooms: u32) -> Vec<String> {
+    let id = run_id();
+    (0..rooms).map(|r| format!("{prefix}-{id}-{r}")).collect()
+}
+
+/// A short random id (from the standard library's random hasher keys).
+fn run_id() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:06x}", h.finish() & 0xff_ffff)
 }

@@ -10,7 +10,7 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// A scenario's counters at one moment.
 #[derive(Debug, Clone)]
 pub struct Progress {
-    /// `connecting`, `publishing` or `draining`.
+    /// `connecting`, `publishing`, `draining` or `holding`.
     pub phase: &'static str,
     /// Since the scenario started.
     pub elapsed: Duration,
@@ -25,14 +25,21 @@ impl fmt::Display for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "[{:>6.1}s] {:<10} connections {} (errors {}), publications {}, deliveries {}",
+            "[{:>6.1}s] {:<10} connections {} (errors {})",
             self.elapsed.as_secs_f64(),
             self.phase,
             self.connections,
             self.connect_errors,
-            self.publications,
-            self.deliveries
-        )
+        )?;
+        // Scenarios that publish nothing (connect, idle) leave these at 0.
+        if self.publications + self.deliveries > 0 {
+            write!(
+                f,
+                ", publications {}, deliveries {}",
+                self.publications, self.deliveries
+            )?;
+        }
+        Ok(())
     }
 }
 

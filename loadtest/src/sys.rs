@@ -1,5 +1,5 @@
-//! Process facts the harness needs: CPU time used (getrusage) and the open-file
-//! limit (one descriptor per connection).
+//! Process facts the harness needs: CPU time used (getrusage), the open-file
+//! limit (one descriptor per connection), and resident memory (/proc).
 
 use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
 
@@ -27,4 +27,68 @@ pub fn raise_nofile() -> std::io::Result<(u64, u64)> {
     }
     let (after, _) = nofile_limits()?;
     Ok((soft, after))
+}
+
+/// Descriptors the harness needs besides its connections (runtime, stdio, files).
+const SPARE_FILES: u64 = 64;
+
+/// Fail when `connections` sockets would not fit under the soft RLIMIT_NOFILE.
+pub fn ensure_nofile(connections: usize) -> anyhow::Result<()> {
+    let Ok((soft, hard)) = nofile_limits() else {
+        return Ok(());
+    };
+    let needed = connections as u64 + SPARE_FILES;
+    if needed > hard {
+        anyhow::bail!(
+            "{connections} connections need {needed} open files, above the hard RLIMIT_NOFILE ({hard}): raise the hard limit (`ulimit -Hn`, limits.conf, or the container's nofile), or run fewer connections per process"
+        );
+    }
+    if needed > soft {
+        anyhow::bail!(
+            "{connections} connections need {needed} open files, above RLIMIT_NOFILE ({soft}): pass --nofile (the hard limit is {hard}) or raise `ulimit -n`"
+        );
+    }
+    Ok(())
+}
+
+/// Resident memory (`VmRSS` of `/proc/<pid>/status`) of process `pid`, or of this
+/// process when `None`, in bytes.
+pub fn rss_bytes(pid: Option<u32>) -> std::io::Result<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(&path)?;
+    parse_vm_rss(&status).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{path}: no VmRSS line"),
+        )
+    })
+}
+
+/// The `VmRSS:  1234 kB` line of a `/proc/<pid>/status`, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_resident_memory() {
+        assert_eq!(
+            parse_vm_rss("Name:\tx\nVmPeak:\t  10 kB\nVmRSS:\t    2048 kB\nVmData: 1 kB\n"),
+            Some(2 << 20)
+        );
+        assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
+        assert!(rss_bytes(None).unwrap() > 0);
+        assert_eq!(
+            rss_bytes(Some(std::process::id())).unwrap() >> 30,
+            rss_bytes(None).unwrap() >> 30
+        );
+    }
 }

@@ -9,25 +9,27 @@ mod report;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::client::{self, ClientError, ConnectResult, Endpoint, OpenOptions, Reader, Writer};
+use crate::client::ClientError;
+use crate::dial::{self, Dialer, Session};
 use crate::latency::{LatencyRecorder, LatencyUs};
-use crate::options::CommonOptions;
+use crate::options::{self, CommonOptions};
 use crate::progress::{Progress, ProgressFn, PROGRESS_INTERVAL};
+use crate::report::{Problems, Stopwatch};
 use crate::sys;
 
+pub(crate) use publisher::write_stamp;
+pub(crate) use receiver::{fast_publication, Stamp};
 pub use report::{FanoutParameters, FanoutReport};
 
 /// Options of the `fanout` scenario.
@@ -79,10 +81,6 @@ const MAX_PAYLOAD_BYTES: usize = 60_000;
 const MAX_ROOMS_PER_PUBLISHER: usize = 128;
 /// Anomalies kept for the report (they are all counted).
 const ANOMALY_SAMPLES: usize = 1000;
-/// Lines of `problems` in the report.
-const PROBLEM_LINES: usize = 20;
-/// Bound on connection tasks ending once the run is cancelled.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which publishers publish in which rooms, and the room names.
 #[derive(Debug)]
@@ -93,13 +91,11 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    fn new(rooms: u32, publishers: u32, prefix: &str, run_id: &str) -> Plan {
+    fn new(rooms: u32, publishers: u32, names: Vec<String>) -> Plan {
         Plan {
             rooms,
             publishers,
-            names: (0..rooms)
-                .map(|r| format!("{prefix}-{run_id}-{r}"))
-                .collect(),
+            names,
         }
     }
 
@@ -205,8 +201,7 @@ pub(crate) enum Ready {
 pub(crate) struct Run {
     plan: Plan,
     common: CommonOptions,
-    endpoints: Vec<Endpoint>,
-    open: OpenOptions,
+    dialer: Dialer,
     payload: usize,
     rate_per_publisher: f64,
     counters: Counters,
@@ -214,10 +209,6 @@ pub(crate) struct Run {
     anomalies: Mutex<Vec<Anomaly>>,
     /// Ends every connection task.
     cancel: CancellationToken,
-    /// hyper's handshake helper tasks.
-    handshakes: TaskTracker,
-    /// Bounds the connections being opened at once.
-    connect_gate: Semaphore,
     /// Set once to the instant publishing starts.
     go: watch::Receiver<Option<Instant>>,
 }
@@ -232,39 +223,17 @@ impl Run {
     }
 }
 
-/// Open connection `conn` (its URL and source address chosen round-robin),
-/// authenticate and subscribe to `rooms`. Bounded by the connect timeout twice
-/// over: once for opening, once for the replies.
+/// Open connection `conn` and subscribe it to `rooms` (see [`Dialer::open_session`]).
 pub(crate) async fn open_session(
     run: &Run,
     conn: usize,
     rooms: &[u32],
-) -> Result<(Reader, Writer, ConnectResult), ClientError> {
-    let _permit = run
-        .connect_gate
-        .acquire()
-        .await
-        .expect("bug: the connect gate is never closed");
-    let endpoint = &run.endpoints[conn % run.endpoints.len()];
-    let mut open = run.open.clone();
-    if !run.common.source_addr.is_empty() {
-        open.source = Some(run.common.source_addr[conn % run.common.source_addr.len()]);
-    }
-    let (mut reader, mut writer) = client::open(endpoint, &open, &run.handshakes).await?;
-    let token = run.common.token_for(conn);
+) -> Result<Session, ClientError> {
     let names: Vec<&str> = rooms
         .iter()
         .map(|&r| run.plan.names[r as usize].as_str())
         .collect();
-    let session = client::start_session(
-        &mut reader,
-        &mut writer,
-        token.as_deref(),
-        &names,
-        run.common.connect_timeout,
-    )
-    .await?;
-    Ok((reader, writer, session))
+    run.dialer.open_session(conn, &names).await
 }
 
 /// Wall-clock time in unix microseconds: publishers stamp it, receivers subtract it.
@@ -275,24 +244,24 @@ pub(crate) fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
-fn validate(common: &CommonOptions, opts: &FanoutOptions) -> anyhow::Result<()> {
-    if common.url.is_empty() {
-        bail!("no gateway: pass --url ws://host:port/connection/websocket");
+/// `--payload` fits the gateway's default message limit.
+pub(crate) fn validate_payload(payload: usize) -> anyhow::Result<()> {
+    if payload > MAX_PAYLOAD_BYTES {
+        bail!("--payload must be at most {MAX_PAYLOAD_BYTES} bytes (the gateway's message limit is 64 KiB by default)");
     }
+    Ok(())
+}
+
+fn validate(common: &CommonOptions, opts: &FanoutOptions) -> anyhow::Result<()> {
     if opts.rooms == 0 || opts.publishers == 0 {
         bail!("--rooms and --publishers must be at least 1");
     }
     if !(opts.rate.is_finite() && opts.rate > 0.0) {
         bail!("--rate must be a positive number of publications per second");
     }
-    if opts.payload > MAX_PAYLOAD_BYTES {
-        bail!("--payload must be at most {MAX_PAYLOAD_BYTES} bytes (the gateway's message limit is 64 KiB by default)");
-    }
+    validate_payload(opts.payload)?;
     if common.duration.is_zero() {
         bail!("--duration must be more than 0");
-    }
-    if common.connect_concurrency == 0 {
-        bail!("--connect-concurrency must be at least 1");
     }
     let per_publisher = (opts.rooms as usize).div_ceil(opts.publishers as usize);
     if per_publisher > MAX_ROOMS_PER_PUBLISHER {
@@ -303,18 +272,6 @@ fn validate(common: &CommonOptions, opts: &FanoutOptions) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A short random id (from the standard library's random hasher keys).
-fn run_id() -> String {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("{:06x}", h.finish() & 0xff_ffff)
-}
-
 /// Run the scenario against the gateways in `common.url` and report what was seen.
 /// `Err` means the run could not be carried out (bad options, no address);
 /// failed checks are in the report (`ok`, `problems`).
@@ -323,40 +280,29 @@ pub async fn run(
     opts: &FanoutOptions,
     progress: Option<ProgressFn<'_>>,
 ) -> anyhow::Result<FanoutReport> {
-    let t0 = Instant::now();
-    let cpu0 = sys::cpu_seconds();
+    let watch = Stopwatch::start();
+    let t0 = watch.started;
     validate(common, opts)?;
-    let mut endpoints = Vec::new();
-    for url in &common.url {
-        endpoints.push(Endpoint::resolve(url).await?);
-    }
+    let dialer = Dialer::new(common, common.connect_concurrency).await?;
     let subscribers = opts.rooms as usize * opts.subscribers as usize;
     let total = subscribers + opts.publishers as usize;
-    if let Ok((soft, _)) = sys::nofile_limits() {
-        if total as u64 + 64 > soft {
-            bail!(
-                "{total} connections need more open files than RLIMIT_NOFILE allows ({soft}): pass --nofile or raise `ulimit -n`"
-            );
-        }
-    }
+    sys::ensure_nofile(total)?;
     let (go_tx, go_rx) = watch::channel(None);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let run = Arc::new(Run {
-        plan: Plan::new(opts.rooms, opts.publishers, &opts.room_prefix, &run_id()),
+        plan: Plan::new(
+            opts.rooms,
+            opts.publishers,
+            options::room_names(&opts.room_prefix, opts.rooms),
+        ),
         common: common.clone(),
-        endpoints,
-        open: OpenOptions {
-            timeout: common.connect_timeout,
-            ..OpenOptions::default()
-        },
+        dialer,
         payload: opts.payload,
         rate_per_publisher: opts.rate / f64::from(opts.publishers),
         counters: Counters::default(),
         latency: LatencyRecorder::new(workers * 2),
         anomalies: Mutex::new(Vec::new()),
         cancel: CancellationToken::new(),
-        handshakes: TaskTracker::new(),
-        connect_gate: Semaphore::new(common.connect_concurrency),
         go: go_rx,
     });
     let snapshot = |phase, connections, connect_errors| Progress {
@@ -498,28 +444,12 @@ pub async fn run(
     let delivery_end = Instant::now();
     run.cancel.cancel();
 
-    let mut receivers = Vec::new();
-    let stop_deadline = Instant::now() + STOP_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(stop_deadline, tasks.join_next()).await {
-            Ok(Some(Ok(Some(rx)))) => receivers.push(rx),
-            Ok(Some(Ok(None))) => {}
-            Ok(Some(Err(e))) => problems.push(format!("a connection task failed: {e}")),
-            Ok(None) => break,
-            Err(_) => {
-                problems.push(format!(
-                    "{} connection tasks did not stop within {STOP_TIMEOUT:?}",
-                    tasks.len()
-                ));
-                tasks.abort_all();
-                break;
-            }
-        }
-    }
-    run.handshakes.close();
-    tokio::time::timeout(Duration::from_secs(1), run.handshakes.wait())
+    let receivers: Vec<_> = dial::join_tasks(tasks, &mut problems)
         .await
-        .ok();
+        .into_iter()
+        .flatten()
+        .collect();
+    run.dialer.close().await;
 
     // Tally.
     let (mut deliveries, mut lost, mut duplicated, mut reordered) = (0u64, 0u64, 0u64, 0u64);
@@ -595,6 +525,7 @@ pub async fn run(
             rooms: opts.rooms,
             subscribers_per_room: opts.subscribers,
             publishers: opts.publishers,
+            members_per_room: None,
             rate_per_sec: opts.rate,
             payload_bytes: opts.payload,
             duration_seconds: common.duration.as_secs_f64(),
@@ -619,49 +550,8 @@ pub async fn run(
         reordered,
         offset_errors,
         unexpected_messages: unexpected,
-        harness_cpu_seconds: sys::cpu_seconds() - cpu0,
-        wall_seconds: t0.elapsed().as_secs_f64(),
-        ok,
-        problems: problems.finish(),
+        outcome: watch.outcome(ok, problems),
     })
-}
-
-/// The report's `problems`: a bounded list, with a few samples per repeated kind.
-#[derive(Default)]
-struct Problems {
-    lines: Vec<String>,
-    more: usize,
-    per_kind: std::collections::HashMap<&'static str, usize>,
-}
-
-impl Problems {
-    /// Samples of one kind kept at most.
-    const SAMPLES: usize = 3;
-
-    fn push(&mut self, line: String) {
-        if self.lines.len() < PROBLEM_LINES {
-            self.lines.push(line);
-        } else {
-            self.more += 1;
-        }
-    }
-
-    fn sample(&mut self, kind: &'static str, line: String) {
-        let n = self.per_kind.entry(kind).or_default();
-        *n += 1;
-        if *n <= Self::SAMPLES {
-            self.push(line);
-        } else {
-            self.more += 1;
-        }
-    }
-
-    fn finish(mut self) -> Vec<String> {
-        if self.more > 0 {
-            self.lines.push(format!("... and {} more", self.more));
-        }
-        self.lines
-    }
 }
 
 #[cfg(test)]
@@ -671,7 +561,7 @@ mod tests {
     #[test]
     fn plan_assigns_every_publisher_and_room() {
         for (rooms, publishers) in [(1, 1), (1, 3), (2, 5), (5, 2), (7, 3), (4, 4)] {
-            let plan = Plan::new(rooms, publishers, "t", "x");
+            let plan = Plan::new(rooms, publishers, options::room_names("t", rooms));
             let mut per_room = vec![0usize; rooms as usize];
             for p in 0..publishers {
                 let rs = plan.publisher_rooms(p);

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::receiver::Receiver;
 use super::{open_session, unix_micros, Ready, Run};
 use crate::client::{ClientError, Inbound, Reply, Writer};
+use crate::dial::Session;
 
 /// Publications sent and not yet acked, per publisher. Beyond it the publisher
 /// waits, so a stalled server shows as a publication rate below the target.
@@ -69,7 +70,12 @@ pub(crate) async fn publisher(
     done: mpsc::Sender<PublisherDone>,
 ) -> Option<Receiver> {
     let rooms = run.plan.publisher_rooms(p);
-    let (mut reader, mut writer, session) = match open_session(&run, conn, &rooms).await {
+    let Session {
+        mut reader,
+        mut writer,
+        connected: session,
+        ..
+    } = match open_session(&run, conn, &rooms).await {
         Ok(s) => s,
         Err(e) => {
             ready
@@ -238,8 +244,9 @@ struct Shared<'a> {
     reader_done: &'a CancellationToken,
 }
 
-/// Wait for the start signal, then publish at this publisher's rate until the
-/// duration is over, spreading publications over its rooms in turn.
+/// Wait for the start signal, then publish at this publisher's rate, from its phase
+/// within the first interval until the duration is over, spreading publications
+/// over its rooms in turn.
 async fn publish(
     sh: &Shared<'_>,
     writer: &mut Writer,
@@ -268,6 +275,12 @@ async fn publish(
     };
     let end = start + run.common.duration;
     let rate = run.rate_per_publisher;
+    // Publishers start spread over one interval of their rate, not in step: a
+    // thousand chat members at 1/s would otherwise publish in one burst a second,
+    // and the latency measured would be that burst's queueing.
+    let start = start
+        + Duration::from_secs_f64(f64::from(p) / f64::from(run.plan.publishers) / rate)
+            .min(run.common.duration);
     let mut sent: u64 = 0;
     let mut next_room = 0;
     let mut q = vec![0u64; rooms.len()];
@@ -276,7 +289,10 @@ async fn publish(
         if now >= end {
             return Ok(());
         }
-        let due = (now.saturating_duration_since(start).as_secs_f64() * rate) as u64 + 1;
+        let due = match now.checked_duration_since(start) {
+            Some(d) => (d.as_secs_f64() * rate) as u64 + 1,
+            None => 0,
+        };
         let mut burst = 0;
         let mut stalled = false;
         while sent < due && burst < MAX_BURST {

@@ -8,17 +8,18 @@ use serde::Deserialize;
 
 use super::{open_session, Anomaly, AnomalyKind, Ready, Run};
 use crate::check::{OffsetCheck, SeqCheck, SeqEvent};
-use crate::client::{self, Inbound, Reply};
+use crate::client::{self, Reply};
+use crate::dial::Session;
 
 /// What every publication's data carries (`p`, the padding, is skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-struct Stamp {
+pub(crate) struct Stamp {
     /// Publisher id.
-    s: u32,
+    pub s: u32,
     /// Sequence number of this publisher in this room, from 1.
-    q: u64,
+    pub q: u64,
     /// Send time, unix microseconds.
-    t: u64,
+    pub t: u64,
 }
 
 /// One room as one connection sees it.
@@ -176,10 +177,10 @@ impl Receiver {
 
 /// A publication of this harness, decoded without a JSON parser.
 #[derive(Debug, PartialEq)]
-struct FastPublication<'a> {
-    channel: &'a [u8],
-    stamp: Stamp,
-    offset: u64,
+pub(crate) struct FastPublication<'a> {
+    pub channel: &'a [u8],
+    pub stamp: Stamp,
+    pub offset: u64,
 }
 
 /// Decode a push in exactly the shape the gateway writes for a publication of this
@@ -188,7 +189,7 @@ struct FastPublication<'a> {
 /// `}}}`, with no escapes in the strings. Anything else returns `None` and goes
 /// through serde_json. Parsing every delivery with serde_json cost about 1 µs of
 /// harness CPU each, the bulk of the harness's time at 1M deliveries/s.
-fn fast_publication(msg: &[u8]) -> Option<FastPublication<'_>> {
+pub(crate) fn fast_publication(msg: &[u8]) -> Option<FastPublication<'_>> {
     let rest = msg.strip_prefix(b"{\"push\":{\"channel\":\"")?;
     let (channel, rest) = plain_string(rest)?;
     let rest = rest.strip_prefix(b",\"pub\":{\"data\":{\"s\":")?;
@@ -253,7 +254,12 @@ pub(crate) async fn subscriber(
     room: u32,
     ready: tokio::sync::mpsc::Sender<Ready>,
 ) -> Option<Receiver> {
-    let (mut reader, mut writer, session) = match open_session(&run, conn, &[room]).await {
+    let Session {
+        mut reader,
+        mut writer,
+        connected,
+        ..
+    } = match open_session(&run, conn, &[room]).await {
         Ok(s) => s,
         Err(e) => {
             ready
@@ -274,46 +280,16 @@ pub(crate) async fn subscriber(
         .ok();
     drop(ready);
     let mut rx = Receiver::new(&run, conn, &[room]);
-    // Created once: a fresh `cancelled()` per frame registers and unregisters a
-    // waiter under the token's lock, which every connection task contends for.
-    let cancelled = run.cancel.cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        // `read` is not cancel-safe; cancelling it is fine here because the
-        // connection is dropped right after.
-        let r = tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            r = reader.read() => r,
-        };
-        let res = match r {
-            Ok(Inbound::Text(frame)) => {
-                let pings = rx.on_frame(&run, &frame, &mut |_| {});
-                let mut res = Ok(());
-                if session.pong {
-                    for _ in 0..pings {
-                        res = writer.pong().await;
-                        if res.is_err() {
-                            break;
-                        }
-                    }
-                }
-                res
-            }
-            Ok(Inbound::Closed { code, reason }) => {
-                rx.disconnected = Some(format!("closed by the server: {code} {reason:?}"));
-                break;
-            }
-            Err(e) => Err(e),
-        };
-        let res = match (res, reader.take_owed()) {
-            (Ok(()), Some(f)) => writer.send_owed(f).await,
-            (res, _) => res,
-        };
-        if let Err(e) = res {
-            rx.disconnected = Some(e.to_string());
-            break;
-        }
+    let served = client::serve(
+        &mut reader,
+        &mut writer,
+        connected.pong,
+        &run.cancel,
+        |frame| rx.on_frame(&run, frame, &mut |_| {}),
+    )
+    .await;
+    if let Err(e) = served {
+        rx.disconnected = Some(e.to_string());
     }
     Some(rx)
 }

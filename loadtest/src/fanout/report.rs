@@ -1,10 +1,10 @@
-//! The fanout report: one JSON object (`--json`) or a table for people.
-
-use std::fmt::Write as _;
+//! The fanout report (also the chat scenario's): one JSON object (`--json`) or a
+//! table for people.
 
 use serde::Serialize;
 
 use crate::latency::LatencyUs;
+use crate::report::{self, Outcome, Report};
 
 /// What the run was asked to do.
 #[derive(Debug, Clone, Serialize)]
@@ -13,6 +13,10 @@ pub struct FanoutParameters {
     pub rooms: u32,
     pub subscribers_per_room: u32,
     pub publishers: u32,
+    /// Chat only: members per room, each publishing and receiving (they are the
+    /// publishers). Absent for fanout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members_per_room: Option<u32>,
     /// Target publications per second, in total.
     pub rate_per_sec: f64,
     pub payload_bytes: usize,
@@ -23,7 +27,7 @@ pub struct FanoutParameters {
 /// What a fanout run saw.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutReport {
-    /// Always `fanout`.
+    /// `fanout` or `chat`.
     pub scenario: String,
     pub parameters: FanoutParameters,
     /// Connections that connected and subscribed (subscribers and publishers).
@@ -58,36 +62,47 @@ pub struct FanoutReport {
     pub offset_errors: u64,
     /// Messages that were neither replies nor publications of this run.
     pub unexpected_messages: u64,
-    /// CPU time (user + system) of this process during the run; includes an
-    /// in-process gateway when there is one.
-    pub harness_cpu_seconds: f64,
-    pub wall_seconds: f64,
-    /// No loss, duplicate, reordering or offset error, every expected delivery seen,
-    /// and no connect, publish or connection error.
-    pub ok: bool,
-    /// Where things went wrong (room, publisher, sequence, connection); bounded.
-    pub problems: Vec<String>,
+    /// `ok`: no loss, duplicate, reordering or offset error, every expected
+    /// delivery seen, and no connect, publish or connection error. `problems`: where
+    /// things went wrong (room, publisher, sequence, connection).
+    #[serde(flatten)]
+    pub outcome: Outcome,
 }
 
-impl FanoutReport {
-    /// The report as an aligned two-column table.
-    pub fn table(&self) -> String {
+impl Report for FanoutReport {
+    fn ok(&self) -> bool {
+        self.outcome.ok
+    }
+
+    fn problems(&self) -> &[String] {
+        &self.outcome.problems
+    }
+
+    fn table(&self) -> String {
         let p = &self.parameters;
+        let plan = match p.members_per_room {
+            Some(m) => format!(
+                "{} rooms x {m} members, each publishing {} pub/s ({} pub/s in total), {} B payload, {}s",
+                p.rooms,
+                p.rate_per_sec / f64::from(p.publishers),
+                p.rate_per_sec,
+                p.payload_bytes,
+                p.duration_seconds
+            ),
+            None => format!(
+                "{} rooms x {} subscribers, {} publishers, {} pub/s, {} B payload, {}s",
+                p.rooms,
+                p.subscribers_per_room,
+                p.publishers,
+                p.rate_per_sec,
+                p.payload_bytes,
+                p.duration_seconds
+            ),
+        };
         let mut rows: Vec<(&str, String)> = vec![
             ("scenario", self.scenario.clone()),
             ("urls", p.urls.join(", ")),
-            (
-                "plan",
-                format!(
-                    "{} rooms x {} subscribers, {} publishers, {} pub/s, {} B payload, {}s",
-                    p.rooms,
-                    p.subscribers_per_room,
-                    p.publishers,
-                    p.rate_per_sec,
-                    p.payload_bytes,
-                    p.duration_seconds
-                ),
-            ),
+            ("plan", plan),
             (
                 "connections",
                 format!(
@@ -110,13 +125,10 @@ impl FanoutReport {
                 ),
             ),
         ];
-        let latency = match &self.latency_us {
-            Some(l) => format!(
-                "p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0})",
-                l.p50, l.p90, l.p99, l.p999, l.max, l.mean
-            ),
-            None => "no samples".into(),
-        };
+        let latency = self
+            .latency_us
+            .as_ref()
+            .map_or_else(|| "no samples".into(), |l| l.to_string());
         rows.push(("latency (us)", latency));
         rows.push((
             "order checks",
@@ -129,22 +141,7 @@ impl FanoutReport {
                 self.unexpected_messages
             ),
         ));
-        rows.push((
-            "harness",
-            format!(
-                "{:.2} CPU s in {:.2} s wall",
-                self.harness_cpu_seconds, self.wall_seconds
-            ),
-        ));
-        rows.push(("result", if self.ok { "OK" } else { "FAILED" }.into()));
-        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        let mut out = String::new();
-        for (k, v) in rows {
-            writeln!(out, "{k:<width$}  {v}").expect("bug: String write");
-        }
-        for line in &self.problems {
-            writeln!(out, "  {line}").expect("bug: String write");
-        }
-        out
+        rows.extend(self.outcome.rows());
+        report::table(&rows, &self.outcome.problems)
     }
 }

@@ -1,0 +1,616 @@
+//! One soak member: a connection at a time, subscribed (recoverable) to its room.
+//! It publishes on a schedule, drops the connection once per interval, and comes
+//! back with `recover:true` from its position; its checks carry over from one
+//! connection to the next.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastwebsockets::{Frame, Payload};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::stream::{Seen, StreamCheck};
+use super::{Run, GONE, MAX_OFFLINE};
+use crate::client::{
+    self, ClientError, Inbound, Position, Reader, Reply, SubscribeResult, Subscription, Writer,
+};
+use crate::dial::Session;
+use crate::fanout::{fast_publication, unix_micros, write_stamp, Stamp};
+
+/// Frames a session's reader hands over before it waits for the member.
+const EVENT_QUEUE: usize = 64;
+/// First pause before a reconnect after a failure; doubled up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Bound on a session's reader task ending once the member lets go of it.
+const READER_STOP: Duration = Duration::from_secs(2);
+
+/// What one member saw over the whole run, returned when its task ends.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub member: usize,
+    pub room: usize,
+    /// The room's stream as the member saw it, across reconnects.
+    pub check: StreamCheck,
+    /// Publications received, live and recovered (including repeats).
+    pub deliveries: u64,
+    /// Of those, returned in subscribe replies.
+    pub recovered_publications: u64,
+    /// Messages that are neither replies nor publications of this run.
+    pub unexpected: u64,
+    /// Successful reconnects, and attempts that failed.
+    pub reconnects: u64,
+    pub reconnect_errors: u64,
+    /// Sessions that ended without the member asking (closed by the server, I/O
+    /// error, unsubscribe push).
+    pub disconnects: u64,
+    /// Resubscriptions answered `recovered:true`, and `recovered:false`.
+    pub recovered_ok: u64,
+    pub recovery_failed: u64,
+    /// Own publications acked, refused, and never answered (the connection went first).
+    pub acked: u64,
+    pub publish_errors: u64,
+    pub unanswered: u64,
+}
+
+/// When the member publishes and when it next drops its connection.
+struct Schedule {
+    start: Instant,
+    end: Instant,
+    period: Duration,
+    next_publish: Instant,
+    /// The reconnect interval the next disconnect falls in.
+    window: u32,
+    disconnect_at: Option<Instant>,
+}
+
+impl Schedule {
+    fn new(run: &Run, start: Instant, rng: &mut Rng) -> Schedule {
+        let period = Duration::from_secs_f64(1.0 / run.opts.rate);
+        let mut s = Schedule {
+            start,
+            end: start + run.common.duration,
+            period,
+            // Members start spread over one period, not in step.
+            next_publish: start + period.mul_f64(rng.unit()),
+            window: 0,
+            disconnect_at: None,
+        };
+        s.plan_disconnect(run.opts.reconnect_every, start, rng);
+        s
+    }
+
+    /// A random moment in the next interval not over by `now`; none past the end.
+    fn plan_disconnect(&mut self, every: Duration, now: Instant, rng: &mut Rng) {
+        while self.start + every * (self.window + 1) <= now {
+            self.window += 1;
+        }
+        let at = (self.start + every * self.window + every.mul_f64(rng.unit())).max(now);
+        self.window += 1;
+        self.disconnect_at = (at < self.end).then_some(at);
+    }
+
+    /// Move to the next publication due after `now`: those due while the member
+    /// was away are skipped, not sent in a burst.
+    fn published(&mut self, now: Instant) {
+        self.next_publish += self.period;
+        if self.next_publish < now {
+            let behind = now.duration_since(self.next_publish).as_secs_f64();
+            let periods = (behind / self.period.as_secs_f64()).ceil();
+            self.next_publish += self.period.mul_f64(periods);
+        }
+    }
+}
+
+/// SplitMix64: a member's random schedule, seeded per run and member.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What a session's reader hands the member.
+enum Event {
+    Frame(Payload<'static>),
+    /// A control frame the WebSocket layer owes the server.
+    Owed(Frame<'static>),
+    /// The connection ended (a close frame is [`ClientError::Closed`]).
+    Ended(ClientError),
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// The member left at its planned moment.
+    Planned,
+    /// The connection went without the member asking.
+    Lost(String),
+    /// The run is over.
+    Cancelled,
+}
+
+struct Member<'r> {
+    run: &'r Run,
+    channel: String,
+    /// This member's index among its room's members: its publisher id.
+    slot: u32,
+    tally: Tally,
+    rng: Rng,
+    /// Own publications sent so far.
+    sent: u64,
+    /// Command ids of publications sent on this session and not yet answered.
+    in_flight: HashSet<u32>,
+    /// Latencies of the frame being handled, recorded in one batch.
+    latencies: Vec<u64>,
+    /// Deliveries already added to the run's counter.
+    reported: u64,
+}
+
+/// A member: connect and subscribe, report through `ready`, then publish, check,
+/// and reconnect until the run is cancelled. Returns `None` when it could not
+/// join at the start.
+pub(crate) async fn member(
+    run: Arc<Run>,
+    m: usize,
+    ready: mpsc::Sender<Result<(), String>>,
+) -> Option<Tally> {
+    let room = run.room_of(m);
+    let mut me = Member {
+        run: &run,
+        channel: run.names[room].clone(),
+        slot: (m % run.opts.members as usize) as u32,
+        tally: Tally {
+            member: m,
+            room,
+            check: StreamCheck::new(run.opts.members as usize),
+            ..Tally::default()
+        },
+        rng: Rng(run.seed ^ (m as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)),
+        sent: 0,
+        in_flight: HashSet::new(),
+        latencies: Vec::new(),
+        reported: 0,
+    };
+    let first = match me.open(0, None).await {
+        Ok(s) if s.subscribed.first().is_some_and(|r| r.recoverable) => Ok(s),
+        Ok(_) => Err(format!(
+            "room {} is not recoverable: the soak scenario needs rooms with history (history_size > 0)",
+            me.channel
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    let first = match first {
+        Ok(s) => s,
+        Err(e) => {
+            run.positions[m].store(GONE, Ordering::Relaxed);
+            ready.send(Err(format!("member {m}: {e}"))).await.ok();
+            return None;
+        }
+    };
+    me.on_subscribed(&first.subscribed[0], true);
+    ready.send(Ok(())).await.ok();
+    drop(ready);
+
+    let mut schedule = None;
+    let mut go = run.go.clone();
+    let mut session = first;
+    let mut turn = 0;
+    'run: loop {
+        let mut pause = match me.serve(session, &mut schedule, &mut go).await {
+            SessionEnd::Cancelled => break,
+            SessionEnd::Planned => MAX_OFFLINE.mul_f64(me.rng.unit()),
+            SessionEnd::Lost(why) => {
+                me.tally.disconnects += 1;
+                run.note("disconnect", format!("member {m}: {why}"));
+                MIN_BACKOFF
+            }
+        };
+        // Away, then back to the next URL with recovery; failed attempts back off.
+        let mut backoff = MIN_BACKOFF;
+        session = loop {
+            tokio::select! {
+                _ = run.cancel.cancelled() => break 'run,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            turn += 1;
+            let position = me.tally.check.position();
+            let opened = tokio::select! {
+                _ = run.cancel.cancelled() => break 'run,
+                r = me.open(turn, Some(position)) => r,
+            };
+            match opened {
+                Ok(s) => {
+                    me.tally.reconnects += 1;
+                    me.on_subscribed(&s.subscribed[0], false);
+                    break s;
+                }
+                Err(e) => {
+                    me.tally.reconnect_errors += 1;
+                    run.note("reconnect", format!("member {m}: {e}"));
+                    pause = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
+    }
+    Some(me.tally)
+}
+
+impl Member<'_> {
+    /// Open connection attempt `turn` (URLs in turn) and subscribe to the room,
+    /// recovering from `position` when given.
+    async fn open(&self, turn: usize, position: Option<Position>) -> Result<Session, ClientError> {
+        let sub = Subscription {
+            channel: &self.channel,
+            recoverable: true,
+            recover_from: position,
+        };
+        self.run
+            .dialer
+            .open_session_at(self.tally.member, turn, &[sub])
+            .await
+    }
+
+    /// Take the stream position from a subscribe reply: the start, a recovery (its
+    /// publications are checked like live ones), or a failed recovery (checking
+    /// restarts from the room's current position).
+    fn on_subscribed(&mut self, r: &SubscribeResult, initial: bool) {
+        let m = self.tally.member;
+        if initial {
+            self.tally.check.start(r.offset, &r.epoch);
+        } else if r.recovered {
+            self.tally.recovered_ok += 1;
+            if r.epoch != self.tally.check.epoch {
+                self.tally.unexpected += 1;
+                self.run.note(
+                    "epoch",
+                    format!(
+                        "member {m}: recovered:true on epoch {:?}, it had {:?}",
+                        r.epoch, self.tally.check.epoch
+                    ),
+                );
+            }
+            for p in &r.publications {
+                let stamp = p
+                    .data
+                    .as_ref()
+                    .and_then(|d| serde_json::from_str::<Stamp>(d.get()).ok());
+                self.tally.recovered_publications += 1;
+                self.on_publication(p.offset, stamp, None);
+            }
+        } else {
+            self.tally.recovery_failed += 1;
+            let from = self.tally.check.position();
+            self.run.note(
+                "recovery failed",
+                format!(
+                    "recovery failed: member {m} from offset {} epoch {:?}; the room is at {} epoch {:?}",
+                    from.offset, from.epoch, r.offset, r.epoch
+                ),
+            );
+            self.tally.check.restart(r.offset, &r.epoch);
+        }
+        self.flush();
+    }
+
+    /// Serve one session until the planned disconnect, a lost connection, or the
+    /// end of the run. A task reads the socket (reads are not cancel-safe); this
+    /// one decides, publishes and answers pings.
+    async fn serve(
+        &mut self,
+        session: Session,
+        schedule: &mut Option<Schedule>,
+        go: &mut watch::Receiver<Option<Instant>>,
+    ) -> SessionEnd {
+        let Session {
+            reader,
+            mut writer,
+            connected,
+            ..
+        } = session;
+        let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
+        let stop = CancellationToken::new();
+        let reading = self
+            .run
+            .readers
+            .spawn(read_frames(reader, tx, stop.clone()));
+        let counters = &self.run.counters;
+        counters.connected.fetch_add(1, Ordering::Relaxed);
+        let end = self
+            .drive(&mut writer, &mut events, connected.pong, schedule, go)
+            .await;
+        counters.connected.fetch_sub(1, Ordering::Relaxed);
+        stop.cancel();
+        drop(events);
+        if tokio::time::timeout(READER_STOP, reading).await.is_err() {
+            self.run.note(
+                "reader",
+                format!(
+                    "member {}: a session reader did not stop",
+                    self.tally.member
+                ),
+            );
+        }
+        let unanswered = self.in_flight.len() as u64;
+        self.in_flight.clear();
+        self.tally.unanswered += unanswered;
+        counters.in_flight.fetch_sub(unanswered, Ordering::Relaxed);
+        if let SessionEnd::Planned | SessionEnd::Cancelled = end {
+            // Leaving politely; the server's answer is not awaited.
+            writer.close(1000).await.ok();
+        }
+        end
+    }
+
+    async fn drive(
+        &mut self,
+        writer: &mut Writer,
+        events: &mut mpsc::Receiver<Event>,
+        pong: bool,
+        schedule: &mut Option<Schedule>,
+        go: &mut watch::Receiver<Option<Instant>>,
+    ) -> SessionEnd {
+        let run = self.run;
+        let every = run.opts.reconnect_every;
+        // Set once the planned moment has come: no more publishing, and the session
+        // ends when the last ack is in (or at this deadline).
+        let mut leaving: Option<Instant> = None;
+        let mut go_open = true;
+        loop {
+            if schedule.is_none() {
+                if let Some(start) = *go.borrow_and_update() {
+                    *schedule = Some(Schedule::new(run, start, &mut self.rng));
+                }
+            }
+            let wake = match (schedule.as_ref(), leaving) {
+                (_, Some(deadline)) => Some(deadline),
+                (Some(s), None) => {
+                    let publish = (s.next_publish < s.end).then_some(s.next_publish);
+                    match (publish, s.disconnect_at) {
+                        (Some(p), Some(d)) => Some(p.min(d)),
+                        (p, d) => p.or(d),
+                    }
+                }
+                (None, None) => None,
+            };
+            tokio::select! {
+                biased;
+                _ = run.cancel.cancelled() => return SessionEnd::Cancelled,
+                ev = events.recv() => {
+                    let res = match ev {
+                        Some(Event::Frame(frame)) => {
+                            let (pings, unsubscribed) = self.on_frame(&frame);
+                            if let Some(code) = unsubscribed {
+                                return SessionEnd::Lost(format!("unsubscribed by the server: code {code}"));
+                            }
+                            let mut res = Ok(());
+                            for _ in 0..if pong { pings } else { 0 } {
+                                res = writer.pong().await;
+                                if res.is_err() {
+                                    break;
+                                }
+                            }
+                            res
+                        }
+                        Some(Event::Owed(f)) => writer.send_owed(f).await,
+                        Some(Event::Ended(e)) => Err(e),
+                        None => Err(ClientError::Protocol("the session reader ended".into())),
+                    };
+                    if let Err(e) = res {
+                        return SessionEnd::Lost(e.to_string());
+                    }
+                    if leaving.is_some() && self.in_flight.is_empty() {
+                        return SessionEnd::Planned;
+                    }
+                }
+                changed = go.changed(), if schedule.is_none() && go_open => {
+                    go_open = changed.is_ok();
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    let now = Instant::now();
+                    let s = schedule.as_mut().expect("bug: timers only run once scheduled");
+                    if leaving.is_some() {
+                        // The deadline passed with publications unanswered.
+                        return SessionEnd::Planned;
+                    }
+                    if s.disconnect_at.is_some_and(|d| d <= now) {
+                        s.plan_disconnect(every, now, &mut self.rng);
+                        if self.in_flight.is_empty() {
+                            return SessionEnd::Planned;
+                        }
+                        leaving = Some(now + run.common.drain_timeout);
+                    } else if s.next_publish <= now && now < s.end {
+                        s.published(now);
+                        if let Err(e) = self.publish(writer).await {
+                            return SessionEnd::Lost(e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn publish(&mut self, writer: &mut Writer) -> Result<(), ClientError> {
+        let id = writer.next_id();
+        self.sent += 1;
+        let (slot, q, t, payload) = (self.slot, self.sent, unix_micros(), self.run.opts.payload);
+        // Booked before it is sent, so the ack cannot arrive first.
+        self.in_flight.insert(id);
+        self.run.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        writer
+            .publish(id, &self.channel, |buf| {
+                write_stamp(buf, slot, q, t, payload)
+            })
+            .await
+    }
+
+    /// Handle one text frame; returns its pings and the code of an unsubscribe push
+    /// for the room, if one came.
+    fn on_frame(&mut self, frame: &[u8]) -> (usize, Option<u32>) {
+        let now = unix_micros();
+        let (mut pings, mut unsubscribed) = (0, None);
+        for msg in client::messages(frame) {
+            if client::is_ping(msg) {
+                pings += 1;
+                continue;
+            }
+            if let Some(p) = fast_publication(msg) {
+                if self.ours(p.channel) {
+                    self.on_publication(p.offset, Some(p.stamp), Some(now));
+                }
+                continue;
+            }
+            let Ok(reply) = Reply::parse(msg) else {
+                self.tally.unexpected += 1;
+                continue;
+            };
+            if reply.id != 0 {
+                self.on_reply(&reply);
+                continue;
+            }
+            let Some(push) = reply.push else {
+                // No id and no push: a ping in another spelling.
+                pings += 1;
+                continue;
+            };
+            if let Some(p) = push.publication {
+                let stamp = p
+                    .data
+                    .and_then(|d| serde_json::from_str::<Stamp>(d.get()).ok());
+                if self.ours(push.channel.as_bytes()) {
+                    self.on_publication(p.offset, stamp, Some(now));
+                }
+            } else if let Some(u) = push.unsubscribe {
+                unsubscribed = Some(u.code);
+            }
+        }
+        self.flush();
+        (pings, unsubscribed)
+    }
+
+    fn on_reply(&mut self, reply: &Reply<'_>) {
+        if !self.in_flight.remove(&reply.id) {
+            self.tally.unexpected += 1;
+            return;
+        }
+        let counters = &self.run.counters;
+        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match &reply.error {
+            None => {
+                self.tally.acked += 1;
+                counters.publications.fetch_add(1, Ordering::Relaxed);
+                self.run.room_acked[self.tally.room].fetch_add(1, Ordering::Relaxed);
+            }
+            Some(e) => {
+                self.tally.publish_errors += 1;
+                self.run.note(
+                    "publish",
+                    format!(
+                        "member {}: publication refused: error {} {:?}",
+                        self.tally.member, e.code, e.message
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Whether a push is for the member's room; counts it as unexpected if not.
+    fn ours(&mut self, channel: &[u8]) -> bool {
+        let ours = channel == self.channel.as_bytes();
+        self.tally.unexpected += u64::from(!ours);
+        ours
+    }
+
+    /// Check one publication of the room: its offset against the member's position (loss,
+    /// repeats, order across reconnects), then its publisher's sequence (the same
+    /// publication under two offsets). `live_at` is the receive time of a live one.
+    fn on_publication(&mut self, offset: u64, stamp: Option<Stamp>, live_at: Option<u64>) {
+        self.tally.deliveries += 1;
+        let (m, room) = (self.tally.member, self.tally.room);
+        let (kind, line) = match self.tally.check.observe(offset, stamp) {
+            Seen::Next => ("", String::new()),
+            Seen::Lost { from, to } => ("lost", format!("lost: room {room} offsets {from}..={to}")),
+            Seen::Duplicate => ("duplicated", format!("duplicated: room {room} offset {offset}")),
+            Seen::Reordered { last } => (
+                "reordered",
+                format!("reordered: room {room} offset {offset} after {last}"),
+            ),
+            Seen::Republished { publisher, q, last } => (
+                "republished",
+                format!(
+                    "republished: room {room} offset {offset} carries publisher {publisher} sequence {q}, seen up to {last}"
+                ),
+            ),
+            Seen::Foreign => {
+                self.tally.unexpected += 1;
+                return;
+            }
+        };
+        if !kind.is_empty() {
+            self.run.note(kind, format!("{line} (member {m})"));
+        }
+        if let (Some(now), Some(stamp)) = (live_at, stamp) {
+            // Same host, same clock; a send time in the future reads as 0.
+            self.latencies.push(now.saturating_sub(stamp.t));
+        }
+    }
+
+    /// Publish the member's position and the deliveries and latencies of the frame
+    /// just handled.
+    fn flush(&mut self) {
+        let run = self.run;
+        run.positions[self.tally.member].store(self.tally.check.offsets.last, Ordering::Relaxed);
+        if !self.latencies.is_empty() {
+            run.latency.record(self.tally.member, &self.latencies);
+            self.latencies.clear();
+        }
+        // Deliveries so far, as a running total: recovered ones have no latency.
+        let seen = self.tally.deliveries;
+        let reported = std::mem::replace(&mut self.reported, seen);
+        run.counters
+            .deliveries
+            .fetch_add(seen - reported, Ordering::Relaxed);
+    }
+}
+
+/// Read frames until `stop` fires or the connection ends, handing them to the
+/// member. Dropping the reader mid-read is fine: the connection goes with it.
+async fn read_frames(mut reader: Reader, events: mpsc::Sender<Event>, stop: CancellationToken) {
+    loop {
+        let r = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = reader.read() => r,
+        };
+        let owed = reader.take_owed().map(Event::Owed);
+        let (event, last) = match r {
+            Ok(Inbound::Text(frame)) => (Event::Frame(frame), false),
+            Ok(Inbound::Closed { code, reason }) => {
+                (Event::Ended(ClientError::Closed { code, reason }), true)
+            }
+            Err(e) => (Event::Ended(e), true),
+        };
+        for ev in owed.into_iter().chain([event]) {
+            if events.send(ev).await.is_err() {
+                return;
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}

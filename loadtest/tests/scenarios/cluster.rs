@@ -1,0 +1,140 @@
+//! `loadtest cluster` end to end: the loadtest binary starts redis-server (from
+//! PATH) and two gateway processes, runs a short fanout against them, prints the
+//! report and stops them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::SERIAL;
+
+/// Bound on building the gateway binary when it is missing.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+/// Bound on one `loadtest cluster` run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Run `cmd` with stdout and stderr in files under `dir`; kill it past `timeout`.
+fn run_bounded(cmd: &mut Command, dir: &Path, timeout: Duration) -> (ExitStatus, String, String) {
+    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).unwrap())
+        .stderr(File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!(
+                "{cmd:?} still running after {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    (status, read(&out), read(&err))
+}
+
+/// `<target>/debug/gateway`, built first (bounded) when missing.
+fn gateway_binary(scratch: &Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/gateway");
+    if !bin.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let (status, _, err) = run_bounded(
+            Command::new(cargo)
+                .args(["build", "-p", "gateway"])
+                .current_dir(env!("CARGO_MANIFEST_DIR")),
+            scratch,
+            BUILD_TIMEOUT,
+        );
+        assert!(status.success(), "cargo build -p gateway: {err}");
+    }
+    assert!(bin.exists(), "{} after cargo build", bin.display());
+    bin
+}
+
+#[tokio::test]
+async fn cluster_starts_redis_and_two_gateways_runs_fanout_and_stops_them() {
+    let _serial = SERIAL.lock().await;
+    let scratch =
+        std::env::temp_dir().join(format!("loadtest-cluster-test-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let gateway = gateway_binary(&scratch);
+    let loadtest = env!("CARGO_BIN_EXE_loadtest");
+
+    let (status, stdout, stderr) = run_bounded(
+        Command::new(loadtest)
+            .args(["cluster", "--nodes", "2", "--gateway"])
+            .arg(&gateway)
+            .args(["--", "fanout", "--rooms", "2", "--subscribers", "5"])
+            .args([
+                "--publishers",
+                "2",
+                "--rate",
+                "200",
+                "--duration",
+                "2s",
+                "--json",
+            ]),
+        &scratch,
+        RUN_TIMEOUT,
+    );
+    assert!(
+        status.success(),
+        "{status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert!(report["publications"].as_u64() > Some(300), "{report}");
+    let urls: Vec<&str> = report["parameters"]["urls"]
+        .as_array()
+        .expect("urls")
+        .iter()
+        .filter_map(|u| u.as_str())
+        .collect();
+    assert_eq!(urls.len(), 2, "{report}");
+    assert!(
+        stderr.contains("(--gateway)")
+            && stderr.contains("redis-server")
+            && stderr.contains("stopped:"),
+        "{stderr}"
+    );
+    // Torn down: the nodes no longer listen.
+    for url in urls {
+        let addr = url.trim_start_matches("ws://").split('/').next().unwrap();
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{addr} still listening: {stderr}"
+        );
+    }
+
+    // No gateway: a clear message and exit code 2, nothing started.
+    let (status, _, stderr) = run_bounded(
+        Command::new(loadtest).args([
+            "cluster",
+            "--gateway",
+            "/nonexistent/gateway",
+            "--",
+            "fanout",
+        ]),
+        &scratch,
+        RUN_TIMEOUT,
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--gateway /nonexistent/gateway"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&scratch).ok();
+}
