@@ -53,12 +53,8 @@ pub struct ConnectReport {
 }
 
 impl Report for ConnectReport {
-    fn ok(&self) -> bool {
-        self.outcome.ok
-    }
-
-    fn problems(&self) -> &[String] {
-        &self.outcome.problems
+    fn outcome(&self) -> &Outcome {
+        &self.outcome
     }
 
     fn table(&self) -> String {

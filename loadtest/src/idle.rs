@@ -84,12 +84,8 @@ pub struct IdleReport {
 }
 
 impl Report for IdleReport {
-    fn ok(&self) -> bool {
-        self.outcome.ok
-    }
-
-    fn problems(&self) -> &[String] {
-        &self.outcome.problems
+    fn outcome(&self) -> &Outcome {
+        &self.outcome
     }
 
     fn table(&self) -> String {

@@ -14,10 +14,16 @@ const PROBLEM_LINES: usize = 20;
 
 /// A scenario's report.
 pub trait Report: Serialize {
+    /// How the run ended.
+    fn outcome(&self) -> &Outcome;
     /// Whether every check passed.
-    fn ok(&self) -> bool;
+    fn ok(&self) -> bool {
+        self.outcome().ok
+    }
     /// Where things went wrong; bounded.
-    fn problems(&self) -> &[String];
+    fn problems(&self) -> &[String] {
+        &self.outcome().problems
+    }
     /// The report for people: an aligned two-column table.
     fn table(&self) -> String;
 }

@@ -70,12 +70,8 @@ pub struct FanoutReport {
 }
 
 impl Report for FanoutReport {
-    fn ok(&self) -> bool {
-        self.outcome.ok
-    }
-
-    fn problems(&self) -> &[String] {
-        &self.outcome.problems
+    fn outcome(&self) -> &Outcome {
+        &self.outcome
     }
 
     fn table(&self) -> String {

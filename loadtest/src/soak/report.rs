@@ -95,12 +95,8 @@ pub struct SoakCounts {
 }
 
 impl Report for SoakReport {
-    fn ok(&self) -> bool {
-        self.outcome.ok
-    }
-
-    fn problems(&self) -> &[String] {
-        &self.outcome.problems
+    fn outcome(&self) -> &Outcome {
+        &self.outcome
     }
 
     fn table(&self) -> String {
