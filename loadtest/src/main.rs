@@ -87,11 +87,29 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         builder.worker_threads(n.max(1));
     }
     let runtime = builder.enable_all().build()?;
-    // Progress is for a person watching: quiet when stdout goes to a file or pipe.
-    let print = |p: &Progress| eprintln!("{p}");
-    let progress = std::io::stdout()
-        .is_terminal()
+    // Progress is for a person watching: a live line on stderr, and nothing when
+    // stdout goes to a file or pipe.
+    let bar = std::io::stdout().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    });
+    let print = |p: &Progress| {
+        if let Some(bar) = &bar {
+            bar.set_message(p.to_string());
+        }
+    };
+    let progress = bar
+        .is_some()
         .then_some(&print as &(dyn Fn(&Progress) + Sync));
+    let done = || {
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+    };
     let json = cli.json || inner_flag(|i| i.json);
     runtime.block_on(async {
         match (&cli.scenario, &inner) {
@@ -102,11 +120,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                         secret: Some(secret),
                         ..inner.common.clone()
                     };
-                    scenario(&common, &inner.scenario, progress, json).await
+                    scenario(&common, &inner.scenario, progress, &done, json).await
                 })
                 .await
             }
-            (s, _) => scenario(&cli.common, s, progress, json).await,
+            (s, _) => scenario(&cli.common, s, progress, &done, json).await,
         }
     })
 }
@@ -139,18 +157,27 @@ fn cluster_scenario(cli: &Cli, o: &ClusterOptions) -> anyhow::Result<Cli> {
 }
 
 /// Run one scenario and print its report; its verdict.
+/// Run one scenario; `done` clears the progress line before the report is printed.
 async fn scenario(
     common: &CommonOptions,
     scenario: &Scenario,
     progress: Option<ProgressFn<'_>>,
+    done: &(dyn Fn() + Sync),
     json: bool,
 ) -> anyhow::Result<bool> {
+    macro_rules! run {
+        ($run:path, $o:expr) => {{
+            let report = $run(common, $o, progress).await;
+            done();
+            finish(report?, json)
+        }};
+    }
     match scenario {
-        Scenario::Fanout(o) => finish(loadtest::fanout::run(common, o, progress).await?, json),
-        Scenario::Chat(o) => finish(loadtest::chat::run(common, o, progress).await?, json),
-        Scenario::Connect(o) => finish(loadtest::connect::run(common, o, progress).await?, json),
-        Scenario::Idle(o) => finish(loadtest::idle::run(common, o, progress).await?, json),
-        Scenario::Soak(o) => finish(loadtest::soak::run(common, o, progress).await?, json),
+        Scenario::Fanout(o) => run!(loadtest::fanout::run, o),
+        Scenario::Chat(o) => run!(loadtest::chat::run, o),
+        Scenario::Connect(o) => run!(loadtest::connect::run, o),
+        Scenario::Idle(o) => run!(loadtest::idle::run, o),
+        Scenario::Soak(o) => run!(loadtest::soak::run, o),
         Scenario::Cluster(_) => bail!("`cluster` runs a scenario, not another cluster"),
     }
 }
