@@ -20,7 +20,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::ClientError;
 use crate::dial::{self, Dialer, Session};
 use crate::latency::{LatencyRecorder, LatencyUs};
 use crate::options::{self, CommonOptions};
@@ -223,17 +222,36 @@ impl Run {
     }
 }
 
-/// Open connection `conn` and subscribe it to `rooms` (see [`Dialer::open_session`]).
+/// Open connection `conn` subscribed to `rooms` (see [`Dialer::open_session`]) and
+/// tell the coordinator whether it worked; `None` when it did not.
 pub(crate) async fn open_session(
     run: &Run,
     conn: usize,
     rooms: &[u32],
-) -> Result<Session, ClientError> {
+    publisher: bool,
+    ready: tokio::sync::mpsc::Sender<Ready>,
+) -> Option<Session> {
     let names: Vec<&str> = rooms
         .iter()
         .map(|&r| run.plan.names[r as usize].as_str())
         .collect();
-    run.dialer.open_session(conn, &names).await
+    let (session, msg) = match run.dialer.open_session(conn, &names).await {
+        Ok(session) => (
+            Some(session),
+            Ready::Connected {
+                rooms: rooms.to_vec(),
+                publisher,
+            },
+        ),
+        Err(e) => (
+            None,
+            Ready::Failed {
+                error: e.to_string(),
+            },
+        ),
+    };
+    ready.send(msg).await.ok();
+    session
 }
 
 /// Wall-clock time in unix microseconds: publishers stamp it, receivers subtract it.

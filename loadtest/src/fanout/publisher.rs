@@ -75,26 +75,7 @@ pub(crate) async fn publisher(
         mut writer,
         connected: session,
         ..
-    } = match open_session(&run, conn, &rooms).await {
-        Ok(s) => s,
-        Err(e) => {
-            ready
-                .send(Ready::Failed {
-                    error: e.to_string(),
-                })
-                .await
-                .ok();
-            return None;
-        }
-    };
-    ready
-        .send(Ready::Connected {
-            rooms: rooms.clone(),
-            publisher: true,
-        })
-        .await
-        .ok();
-    drop(ready);
+    } = open_session(&run, conn, &rooms, true, ready).await?;
     let mut rx = Receiver::new(&run, conn, &rooms);
     let book = Mutex::new(Book {
         acked: vec![0; rooms.len()],

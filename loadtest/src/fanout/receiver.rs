@@ -259,26 +259,7 @@ pub(crate) async fn subscriber(
         mut writer,
         connected,
         ..
-    } = match open_session(&run, conn, &[room]).await {
-        Ok(s) => s,
-        Err(e) => {
-            ready
-                .send(Ready::Failed {
-                    error: e.to_string(),
-                })
-                .await
-                .ok();
-            return None;
-        }
-    };
-    ready
-        .send(Ready::Connected {
-            rooms: vec![room],
-            publisher: false,
-        })
-        .await
-        .ok();
-    drop(ready);
+    } = open_session(&run, conn, &[room], false, ready).await?;
     let mut rx = Receiver::new(&run, conn, &[room]);
     let served = client::serve(
         &mut reader,
