@@ -7,26 +7,19 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::future::Future;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::Bytes;
 use fastwebsockets::{
     FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError, WebSocketWrite,
 };
-use http_body_util::Empty;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-type Io = TokioIo<Upgraded>;
 
 /// Why a connection could not be opened or used.
 #[derive(Debug, thiserror::Error)]
@@ -178,29 +171,13 @@ impl Default for OpenOptions {
     }
 }
 
-/// Spawns hyper's connection future (it ends once the upgrade completes) on a
-/// tracker, so the harness can account for it.
-#[derive(Clone)]
-struct TrackedExecutor(TaskTracker);
-
-impl<F> hyper::rt::Executor<F> for TrackedExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        self.0.spawn(fut);
-    }
-}
-
 /// Open a TCP connection to `endpoint` and upgrade it to a WebSocket; bounded by
-/// `opts.timeout`. Handshake helper tasks are spawned on `tracker`.
+/// `opts.timeout`.
 pub async fn open(
     endpoint: &Endpoint,
     opts: &OpenOptions,
-    tracker: &TaskTracker,
 ) -> Result<(Reader, Writer), ClientError> {
-    tokio::time::timeout(opts.timeout, open_inner(endpoint, opts, tracker))
+    tokio::time::timeout(opts.timeout, open_inner(endpoint, opts))
         .await
         .map_err(|_| ClientError::Timeout {
             what: "tcp connect and websocket handshake",
@@ -211,10 +188,9 @@ pub async fn open(
 async fn open_inner(
     endpoint: &Endpoint,
     opts: &OpenOptions,
-    tracker: &TaskTracker,
 ) -> Result<(Reader, Writer), ClientError> {
     let addr = endpoint.addr;
-    let stream = match opts.source {
+    let mut stream = match opts.source {
         None => TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Tcp { addr, source })?,
@@ -238,25 +214,12 @@ async fn open_inner(
     stream
         .set_nodelay(true)
         .map_err(|source| ClientError::Tcp { addr, source })?;
-    let req = hyper::Request::builder()
-        .method("GET")
-        .uri(&endpoint.path_and_query)
-        .header("Host", &endpoint.authority)
-        .header("Upgrade", "websocket")
-        .header("Connection", "upgrade")
-        .header(
-            "Sec-WebSocket-Key",
-            fastwebsockets::handshake::generate_key(),
-        )
-        .header("Sec-WebSocket-Version", "13")
-        .body(Empty::<Bytes>::new())
-        .expect("bug: static request parts are valid");
-    let (mut ws, _resp) =
-        fastwebsockets::handshake::client(&TrackedExecutor(tracker.clone()), req, stream)
-            .await
-            .map_err(|source| ClientError::Handshake { addr, source })?;
+    handshake(&mut stream, endpoint)
+        .await
+        .map_err(|source| ClientError::Handshake { addr, source })?;
+    let mut ws = fastwebsockets::WebSocket::after_handshake(stream, fastwebsockets::Role::Client);
     ws.set_max_message_size(opts.max_message_bytes);
-    let (read, write) = ws.split(tokio::io::split);
+    let (read, write) = ws.split(TcpStream::into_split);
     Ok((
         Reader {
             ws: FragmentCollectorRead::new(read),
@@ -272,6 +235,87 @@ async fn open_inner(
     ))
 }
 
+/// The longest handshake response head accepted.
+const MAX_RESPONSE_HEAD: usize = 8 << 10;
+
+/// The client half of the WebSocket opening handshake (RFC 6455 section 4): one
+/// request written, the response head read and checked, nothing spawned. (hyper's
+/// client spawned a task and boxed the socket for every connection, and cost the
+/// harness more CPU per connection than the gateway spent.)
+async fn handshake(stream: &mut TcpStream, endpoint: &Endpoint) -> Result<(), WebSocketError> {
+    let key = fastwebsockets::handshake::generate_key();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        endpoint.path_and_query, endpoint.authority
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::with_capacity(256);
+    loop {
+        if head.len() >= MAX_RESPONSE_HEAD {
+            return Err(WebSocketError::InvalidValue);
+        }
+        head.reserve(512);
+        if stream.read_buf(&mut head).await? == 0 {
+            return Err(WebSocketError::UnexpectedEOF);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(&head) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => continue,
+            Err(_) => return Err(WebSocketError::InvalidValue),
+        };
+        return check_upgrade(&response, &key, head.len() - len);
+    }
+}
+
+/// Whether `response` accepts the upgrade asked for with `key`. `trailing` is how
+/// many bytes followed its head: the server must not speak before the client.
+fn check_upgrade(
+    response: &httparse::Response<'_, '_>,
+    key: &str,
+    trailing: usize,
+) -> Result<(), WebSocketError> {
+    let status = response.code.unwrap_or(0);
+    if status != 101 {
+        return Err(WebSocketError::InvalidStatusCode(status));
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    if !header("upgrade").is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket")) {
+        return Err(WebSocketError::InvalidUpgradeHeader);
+    }
+    let upgrade_token = |v: &str| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    };
+    if !header("connection").is_some_and(upgrade_token) {
+        return Err(WebSocketError::InvalidConnectionHeader);
+    }
+    if header("sec-websocket-accept").map(str::trim) != Some(accept_key(key).as_str())
+        || trailing != 0
+    {
+        return Err(WebSocketError::InvalidValue);
+    }
+    Ok(())
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer `key` with.
+fn accept_key(key: &str) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut sha1 = sha1::Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
 /// What one read returned.
 #[derive(Debug)]
 pub enum Inbound {
@@ -283,7 +327,7 @@ pub enum Inbound {
 
 /// The receiving half of a connection.
 pub struct Reader {
-    ws: FragmentCollectorRead<ReadHalf<Io>>,
+    ws: FragmentCollectorRead<OwnedReadHalf>,
     /// Messages read while the session was set up that were not replies to it;
     /// handed out by the next [`Reader::read`].
     backlog: Option<Vec<u8>>,
@@ -342,7 +386,7 @@ impl Reader {
 
 /// The sending half of a connection. Every write is bounded by the write timeout.
 pub struct Writer {
-    ws: WebSocketWrite<WriteHalf<Io>>,
+    ws: WebSocketWrite<OwnedWriteHalf>,
     /// Reused for every command, so sending allocates nothing in the steady state.
     buf: Vec<u8>,
     next_id: u32,
@@ -451,7 +495,7 @@ impl Writer {
 }
 
 async fn write_bounded(
-    ws: &mut WebSocketWrite<WriteHalf<Io>>,
+    ws: &mut WebSocketWrite<OwnedWriteHalf>,
     frame: Frame<'_>,
     after: Duration,
     what: &'static str,
@@ -792,5 +836,51 @@ mod tests {
             Reply::parse(b"{\"id\":4,\"error\":{\"code\":111,\"message\":\"too many requests\"}}")
                 .unwrap();
         assert_eq!(err.error.unwrap().code, 111);
+    }
+
+    fn check(head: &str, key: &str) -> Result<(), String> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(head.as_bytes()) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!("incomplete head: {other:?}"),
+        };
+        check_upgrade(&response, key, head.len() - len).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn handshake_response_is_checked() {
+        // The example of RFC 6455 section 1.3.
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        assert_eq!(accept_key(key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                  Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert_eq!(check(ok, key), Ok(()));
+        assert_eq!(
+            check(
+                &ok.replace("Upgrade\r\nSec", "keep-alive, upgrade\r\nSec"),
+                key
+            ),
+            Ok(())
+        );
+        let refused = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nfull";
+        assert_eq!(check(refused, key), Err("Invalid status code: 503".into()));
+        let wrong_accept = ok.replace("s3pP", "AAAA");
+        assert_eq!(check(&wrong_accept, key), Err("Invalid value".into()));
+        let no_upgrade = ok.replace("Upgrade: websocket\r\n", "");
+        assert_eq!(
+            check(&no_upgrade, key),
+            Err("Invalid upgrade header".into())
+        );
+        let no_connection = ok.replace("Connection: Upgrade\r\n", "");
+        assert_eq!(
+            check(&no_connection, key),
+            Err("Invalid connection header".into())
+        );
+        // The server may not send frames before the client's first command.
+        assert_eq!(
+            check(&format!("{ok}\u{81}\u{2}{{}}"), key),
+            Err("Invalid value".into())
+        );
     }
 }

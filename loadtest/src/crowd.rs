@@ -140,7 +140,6 @@ type Arrival = Result<(Instant, Duration), ClientError>;
 
 /// The connections of one run and their tally.
 pub struct Crowd {
-    dialer: Arc<Dialer>,
     /// Ends every connection task.
     cancel: CancellationToken,
     /// Each returns why it dropped out before the end, if it did.
@@ -203,7 +202,6 @@ impl Crowd {
             ));
         }
         Crowd {
-            dialer,
             cancel,
             tasks,
             arrivals,
@@ -291,7 +289,6 @@ impl Crowd {
                 .or_default() += 1;
             problems.sample("disconnect", format!("disconnected: {e}"));
         }
-        self.dialer.close().await;
         let connect_seconds = self
             .last_accept
             .map_or(0.0, |l| l.duration_since(self.first_attempt).as_secs_f64());

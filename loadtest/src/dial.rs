@@ -8,7 +8,6 @@ use anyhow::bail;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
 
 use crate::client::{
     self, ClientError, ConnectResult, Endpoint, OpenOptions, Reader, SubscribeResult, Subscription,
@@ -27,8 +26,6 @@ pub struct Dialer {
     open: OpenOptions,
     /// Bounds the connections being opened at once.
     gate: Semaphore,
-    /// hyper's handshake helper tasks.
-    handshakes: TaskTracker,
 }
 
 /// An open connection whose `connect` and `subscribe`s were answered.
@@ -65,7 +62,6 @@ impl Dialer {
                 ..OpenOptions::default()
             },
             gate: Semaphore::new(concurrency),
-            handshakes: TaskTracker::new(),
         })
     }
 
@@ -101,7 +97,7 @@ impl Dialer {
         if !sources.is_empty() {
             open.source = Some(sources[conn % sources.len()]);
         }
-        let (mut reader, mut writer) = client::open(endpoint, &open, &self.handshakes).await?;
+        let (mut reader, mut writer) = client::open(endpoint, &open).await?;
         let token = self.common.token_for(conn);
         let (connected, subscribed) = client::start_session_with(
             &mut reader,
@@ -119,14 +115,6 @@ impl Dialer {
             started,
             setup: started.elapsed(),
         })
-    }
-
-    /// Wait, briefly, for the handshake helper tasks once the connections are gone.
-    pub async fn close(&self) {
-        self.handshakes.close();
-        tokio::time::timeout(Duration::from_secs(1), self.handshakes.wait())
-            .await
-            .ok();
     }
 }
 

@@ -467,7 +467,6 @@ pub async fn run(
         .into_iter()
         .flatten()
         .collect();
-    run.dialer.close().await;
 
     // Tally.
     let (mut deliveries, mut lost, mut duplicated, mut reordered) = (0u64, 0u64, 0u64, 0u64);

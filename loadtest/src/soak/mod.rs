@@ -247,7 +247,6 @@ pub async fn run(
         .into_iter()
         .flatten()
         .collect();
-    run.dialer.close().await;
     run.readers.close();
     if tokio::time::timeout(dial::STOP_TIMEOUT, run.readers.wait())
         .await
