@@ -75,7 +75,7 @@ impl Outbound {
     /// Enqueue one message. Returns false if it was not queued: the connection is
     /// closing, or this message put it over budget (then it is closed as slow).
     pub fn push(&self, bytes: Bytes) -> bool {
-        {
+        let was_empty = {
             let mut s = self.state.lock();
             if s.close.is_some() {
                 return false;
@@ -87,8 +87,15 @@ impl Outbound {
             }
             s.bytes += bytes.len();
             s.items.push_back(Item::Data(bytes));
+            s.items.len() == 1
+        };
+        // A queue that already held items has a wake-up pending: the push that made
+        // it non-empty sent one, and only the writer's drain empties it. (Under
+        // load most pushes land behind others; `notify_one` was 8% of the gateway's
+        // CPU in a 10k fan-out profile.)
+        if was_empty {
+            self.notify.notify_one();
         }
-        self.notify.notify_one();
         true
     }
 
