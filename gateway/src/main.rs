@@ -95,6 +95,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?,
         )
         .init();
+    raise_open_files(config.client.max_connections);
     let generated = if config.token.has_key() {
         None
     } else {
@@ -163,6 +164,38 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accept queue length asked of the kernel.
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// Descriptors a node needs besides its clients: listener, Redis, runtime, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// Every client is a file descriptor, and the usual soft limit (1,024) would stop a
+/// node far below `max_connections` with `accept` failing. Raise the soft limit to
+/// the hard one, as Go's runtime does, and say when even that is too low.
+fn raise_open_files(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let mut limit = soft;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => limit = hard,
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    let wanted = (max_connections as u64).saturating_add(RESERVED_FILES);
+    if limit < wanted {
+        tracing::warn!(
+            open_files = limit,
+            max_connections,
+            "open-file limit caps this node at about {} clients, below client.max_connections: \
+             raise the hard limit (ulimit -Hn, LimitNOFILE= in systemd, the container's nofile)",
+            limit.saturating_sub(RESERVED_FILES)
+        );
+    } else {
+        tracing::info!(open_files = limit, "open-file limit");
+    }
+}
 
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {

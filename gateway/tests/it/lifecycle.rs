@@ -40,7 +40,15 @@ async fn spawn_gateway(
     envs: &[(&str, &str)],
     until: &str,
 ) -> (Child, std::net::SocketAddr, Vec<String>) {
-    let mut cmd = Command::new(BIN);
+    spawn_command(Command::new(BIN), envs, until).await
+}
+
+/// [`spawn_gateway`] with `cmd`, which must end up executing the gateway.
+async fn spawn_command(
+    mut cmd: Command,
+    envs: &[(&str, &str)],
+    until: &str,
+) -> (Child, std::net::SocketAddr, Vec<String>) {
     cmd.env_clear()
         .env("GATEWAY_LISTEN", "127.0.0.1:0")
         .env("GATEWAY_LOG", "info")
@@ -83,6 +91,51 @@ async fn spawn_gateway(
     // Keep draining stderr so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr.expect("address printed"), seen)
+}
+
+/// The soft and hard "Max open files" of a running process.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let hard = open_file_limits(std::process::id()).1;
+    if hard == "unlimited" || hard.parse::<u64>().unwrap() <= 256 {
+        panic!("this test needs a finite hard open-file limit above 256, not {hard}");
+    }
+    // A shell lowers the soft limit, then becomes the gateway.
+    let mut sh = Command::new("/bin/sh");
+    sh.args(["-c", "ulimit -Sn 256 && exec \"$0\"", BIN]);
+    let (child, _, lines) = spawn_command(
+        sh,
+        &[("GATEWAY_TOKEN_HMAC_SECRET", SECRET)],
+        "clients connect to",
+    )
+    .await;
+    let (soft, now_hard) = open_file_limits(child.id().unwrap());
+    assert_eq!(
+        (soft.as_str(), now_hard.as_str()),
+        (hard.as_str(), hard.as_str())
+    );
+    // Below the default max_connections (500,000) plus reserve, the node says so.
+    let text = lines.join("\n");
+    let caps = hard.parse::<u64>().unwrap() < 500_256;
+    assert_eq!(
+        text.contains("open-file limit caps this node"),
+        caps,
+        "{text}"
+    );
+    assert!(text.contains(&format!("open_files={hard}")), "{text}");
 }
 
 #[tokio::test]
