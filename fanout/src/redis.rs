@@ -141,13 +141,18 @@ end
 return {top, epoch, ids, data}
 "#;
 
+/// Put presence entries of one room: ARGV[1] is the TTL in seconds, then client id
+/// and info pairs. Used for one new entry and for a node's periodic refresh.
 const PRESENCE_ADD_SCRIPT: &str = r#"
 local now = tonumber(redis.call('time')[1])
-redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
-redis.call('zadd', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('expire', KEYS[1], ARGV[3])
-redis.call('expire', KEYS[2], ARGV[3])
-return 1
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('zadd', KEYS[2], now + ttl, ARGV[i])
+end
+redis.call('expire', KEYS[1], ttl)
+redis.call('expire', KEYS[2], ttl)
+return (#ARGV - 1) / 2
 "#;
 
 const PRESENCE_REMOVE_SCRIPT: &str = r#"
@@ -1282,34 +1287,116 @@ async fn maintenance_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Entries per refresh call: one script call per room and chunk keeps Redis's
+/// single thread from running one long script for a huge room.
+const PRESENCE_REFRESH_BATCH: usize = 256;
+
+/// Refresh calls in flight at once, pipelined on the multiplexed connection.
+const PRESENCE_REFRESH_CONCURRENCY: usize = 16;
+
+/// A room's presence entries held by this node: client id and encoded info.
+type PresenceEntries = Vec<(String, Vec<u8>)>;
+
+/// Re-put this node's presence entries before their TTL runs out: one script call
+/// per room (and per chunk of a large room), several in flight. One call per entry,
+/// one after another, took a round trip each: at 1 ms per round trip a node with
+/// 20,000 members needed the whole refresh interval, and entries began to expire.
 async fn refresh_presence(inner: &Inner) {
-    let entries: Vec<(String, String, Vec<u8>)> = inner
-        .presence
-        .lock()
-        .iter()
-        .flat_map(|(room, m)| {
-            m.iter()
-                .map(move |(c, i)| (room.clone(), c.clone(), i.clone()))
+    let batches: Vec<(String, PresenceEntries)> = {
+        let presence = inner.presence.lock();
+        presence
+            .iter()
+            .flat_map(|(room, members)| {
+                let entries: PresenceEntries = members
+                    .iter()
+                    .map(|(c, i)| (c.clone(), i.clone()))
+                    .collect();
+                entries
+                    .chunks(PRESENCE_REFRESH_BATCH)
+                    .map(|chunk| (room.clone(), chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let failed = futures_util::stream::iter(batches)
+        .map(|(room, entries)| async move {
+            let res = presence_put(inner, &room, &entries).await;
+            if res.is_ok() {
+                forget_removed(inner, &room, &entries).await;
+            }
+            res
         })
-        .collect();
-    for (room, client, info) in entries {
-        if let Err(e) = presence_add_raw(inner, &room, &client, &info).await {
-            tracing::debug!(%room, error = %e, "presence refresh failed");
-            return;
+        .buffer_unordered(PRESENCE_REFRESH_CONCURRENCY)
+        .filter_map(|r| async move { r.err() })
+        .collect::<Vec<_>>()
+        .await;
+    if let Some(e) = failed.first() {
+        tracing::debug!(failed = failed.len(), error = %e, "presence refresh failed");
+    }
+}
+
+/// A member who left while its entry was being refreshed may have been put back
+/// after its removal reached Redis: remove it again.
+async fn forget_removed(inner: &Inner, room: &str, refreshed: &[(String, Vec<u8>)]) {
+    let gone: Vec<&str> = {
+        let presence = inner.presence.lock();
+        let members = presence.get(room);
+        refreshed
+            .iter()
+            .filter(|(c, _)| !members.is_some_and(|m| m.contains_key(c)))
+            .map(|(c, _)| c.as_str())
+            .collect()
+    };
+    for client in gone {
+        if let Err(e) = presence_delete(inner, room, client).await {
+            tracing::debug!(%room, error = %e, "presence removal after refresh failed");
         }
     }
 }
 
-async fn presence_add_raw(
+/// Put presence entries (client id, encoded info) of one room.
+async fn presence_put(
     inner: &Inner,
     room: &str,
-    client: &str,
-    info: &[u8],
+    entries: &[(String, Vec<u8>)],
 ) -> Result<(), BrokerError> {
     let keys = [inner.key(room, "p"), inner.key(room, "pe")];
-    let args = args![client, info, inner.cfg.presence_ttl.as_secs().max(1)];
+    let mut args = Vec::with_capacity(1 + 2 * entries.len());
+    args.push(
+        inner
+            .cfg
+            .presence_ttl
+            .as_secs()
+            .max(1)
+            .to_string()
+            .into_bytes(),
+    );
+    for (client, info) in entries {
+        args.push(client.as_bytes().to_vec());
+        args.push(info.clone());
+    }
     inner
         .eval::<i64>(&inner.scripts.presence_add, &keys, &args, true)
+        .await
+        .map(|_| ())
+}
+
+/// Stop refreshing one presence entry.
+fn forget_local_presence(inner: &Inner, room: &str, client: &str) {
+    let mut p = inner.presence.lock();
+    if let Some(m) = p.get_mut(room) {
+        m.remove(client);
+        if m.is_empty() {
+            p.remove(room);
+        }
+    }
+}
+
+/// Remove one presence entry from Redis.
+async fn presence_delete(inner: &Inner, room: &str, client: &str) -> Result<(), BrokerError> {
+    let keys = [inner.key(room, "p"), inner.key(room, "pe")];
+    inner
+        .eval::<i64>(&inner.scripts.presence_remove, &keys, &args![client], true)
         .await
         .map(|_| ())
 }
@@ -1446,32 +1533,24 @@ impl Broker for RedisBroker {
 
     async fn presence_add(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         let bytes = rmp_encode_info(info)?;
-        presence_add_raw(&self.inner, room, &info.client, &bytes).await?;
+        // Recorded here first, so that a refresh running meanwhile does not take
+        // the entry for a removed one and delete it again.
         self.inner
             .presence
             .lock()
             .entry(room.to_owned())
             .or_default()
-            .insert(info.client.clone(), bytes);
-        Ok(())
+            .insert(info.client.clone(), bytes.clone());
+        let res = presence_put(&self.inner, room, &[(info.client.clone(), bytes)]).await;
+        if res.is_err() {
+            forget_local_presence(&self.inner, room, &info.client);
+        }
+        res
     }
 
     async fn presence_remove(&self, room: &str, client: &str) -> Result<(), BrokerError> {
-        {
-            let mut p = self.inner.presence.lock();
-            if let Some(m) = p.get_mut(room) {
-                m.remove(client);
-                if m.is_empty() {
-                    p.remove(room);
-                }
-            }
-        }
-        let inner = &self.inner;
-        let keys = [inner.key(room, "p"), inner.key(room, "pe")];
-        inner
-            .eval::<i64>(&inner.scripts.presence_remove, &keys, &args![client], true)
-            .await
-            .map(|_| ())
+        forget_local_presence(&self.inner, room, client);
+        presence_delete(&self.inner, room, client).await
     }
 
     async fn presence(&self, room: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {

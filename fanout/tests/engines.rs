@@ -1,6 +1,7 @@
 //! One behaviour suite, run against both engines: the in-memory one and the Redis
 //! one on a real `redis-server` started by the test.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -374,6 +375,60 @@ async fn redis_live_node_keeps_its_presence_beyond_the_ttl() {
         1,
         "refreshed by its node"
     );
+}
+
+/// A node with many members in many rooms (some rooms larger than one refresh
+/// batch) keeps them all present over several TTLs, and members that leave while
+/// refreshes run stay gone.
+#[tokio::test]
+async fn redis_node_refreshes_many_presence_entries_and_forgets_leavers() {
+    let server = RedisServer::start();
+    let (a, _) = redis(&server).await;
+    let (b, _) = redis(&server).await;
+    // 40 rooms of 20, and one room of 700 (three refresh batches).
+    let mut members: Vec<(String, String)> = Vec::new();
+    for r in 0..40 {
+        for c in 0..20 {
+            members.push((format!("room-{r}"), format!("c-{r}-{c}")));
+        }
+    }
+    for c in 0..700 {
+        members.push(("big".to_owned(), format!("big-{c}")));
+    }
+    for (room, client) in &members {
+        let info = ClientInfo {
+            user: "u".into(),
+            client: client.clone(),
+            ..Default::default()
+        };
+        a.presence_add(room, &info).await.unwrap();
+    }
+    // Every other member leaves, spread over the first TTL (2 s), so that removals
+    // land while refreshes (every 667 ms) are running.
+    let leavers: Vec<&(String, String)> = members.iter().step_by(2).collect();
+    let pause = Duration::from_millis(2000) / leavers.len() as u32;
+    for (room, client) in &leavers {
+        a.presence_remove(room, client).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+    // Within a TTL of the last removal a leaver put back by a refresh would still
+    // be there; two TTLs on, the stayers must have been refreshed.
+    let mut rooms: Vec<&str> = members.iter().map(|(r, _)| r.as_str()).collect();
+    rooms.dedup();
+    for wait in [Duration::from_millis(900), Duration::from_secs(3)] {
+        tokio::time::sleep(wait).await;
+        for &room in &rooms {
+            let present = b.presence(room).await.unwrap();
+            let expected: HashSet<&str> = members
+                .iter()
+                .enumerate()
+                .filter(|(i, (r, _))| r == room && i % 2 == 1)
+                .map(|(_, (_, c))| c.as_str())
+                .collect();
+            let got: HashSet<&str> = present.keys().map(String::as_str).collect();
+            assert_eq!(got, expected, "presence of {room} after {wait:?}");
+        }
+    }
 }
 
 async fn redis_via(url: String) -> (Arc<RedisBroker>, Arc<Recorder>) {
