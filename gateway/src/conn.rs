@@ -1,9 +1,10 @@
 //! One client connection: its session state and the commands it sends.
 //!
-//! The reader task (in [`crate::ws`]) feeds frames to [`Conn::handle_frame`], which
-//! handles the commands in order and enqueues replies on the connection's
-//! [`Outbound`]. The writer task calls [`Conn::poll_timers`] (connect timeout, pings,
-//! expiry) and [`Conn::server_unsubscribe`]. Session state sits behind one mutex that
+//! The connection's task (in [`crate::ws`]) feeds frames to [`Conn::handle_frame`],
+//! which handles the commands in order and enqueues replies on the connection's
+//! [`Outbound`]. Between frames the same task writes what is queued and calls
+//! [`Conn::poll_timers`] (connect timeout, pings, expiry) and
+//! [`Conn::server_unsubscribe`]. Session state sits behind one mutex that
 //! is never held across an await.
 
 use std::collections::HashMap;
@@ -24,7 +25,6 @@ use shared::protocol::{
     SubscribeRequest, SubscribeResult, SUBSCRIBE_FLAG_REJECT_UNRECOVERED,
 };
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::ChannelOptions;
 use crate::hub::Subscriber;
@@ -150,10 +150,6 @@ pub struct Conn {
     /// Connection id (a UUID), `client` in client info.
     pub client: Arc<str>,
     session: Mutex<Session>,
-    /// Cancelled when the socket is abandoned: the reader stops reading.
-    pub done: CancellationToken,
-    /// Cancelled when the reader has stopped.
-    pub reader_done: CancellationToken,
     /// This connection, for the hub's user index.
     me: std::sync::Weak<Conn>,
 }
@@ -163,7 +159,7 @@ fn ttl_secs(expire_at: u64, now: u64) -> u32 {
 }
 
 impl Conn {
-    /// A new connection, shared between its reader and writer tasks.
+    /// A new connection.
     pub fn new(node: Arc<Node>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self::build(node, me.clone()))
     }
@@ -191,8 +187,6 @@ impl Conn {
             out,
             client: uuid::Uuid::new_v4().to_string().into(),
             session: Mutex::new(session),
-            done: CancellationToken::new(),
-            reader_done: CancellationToken::new(),
             me,
         }
     }

@@ -89,8 +89,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The next message. Not cancel-safe: a caller that drops the future must not
-    /// read again.
+    /// The next message. Cancel-safe: it only awaits reads into its own buffer and
+    /// consumes a frame once all of it is there, so a dropped call loses nothing
+    /// and the next call carries on.
     pub async fn next(&mut self) -> Result<Message, ReadError> {
         loop {
             if self.buf.is_empty() && self.partial.is_none() {
@@ -219,6 +220,37 @@ mod tests {
                 Ok(m) => out.push(Ok(m)),
             }
         }
+    }
+
+    /// `next()` dropped after every byte that arrives still yields every message.
+    #[tokio::test]
+    async fn next_is_cancel_safe() {
+        use tokio::io::AsyncWriteExt;
+        let mut wire = frame(false, 1, b"hello ");
+        wire.extend(frame(true, 9, b"ping"));
+        wire.extend(frame(true, 0, b"world"));
+        wire.extend(frame(true, 1, &[b'x'; 300]));
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(server, 1024);
+        let (mut got, mut dropped) = (Vec::new(), 0);
+        for b in wire {
+            client.write_all(&[b]).await.unwrap();
+            // Poll once; if the message is not complete, drop the call.
+            tokio::select! {
+                biased;
+                m = r.next() => got.push(m.unwrap()),
+                _ = std::future::ready(()) => dropped += 1,
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                Message::Ping(Bytes::from_static(b"ping")),
+                Message::Text(Bytes::from_static(b"hello world")),
+                Message::Text(Bytes::from(vec![b'x'; 300])),
+            ]
+        );
+        assert!(dropped > 300, "{dropped}");
     }
 
     #[tokio::test]

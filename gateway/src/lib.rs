@@ -4,7 +4,7 @@
 //! - [`config`]: the node's configuration (TOML file, environment overrides).
 //! - [`node`]: shared state of one node: broker, hub, verifier, shutdown.
 //! - [`server`]: the HTTP server, WebSocket upgrade, health endpoints, drain.
-//! - [`ws`]: the reader and writer tasks of one WebSocket.
+//! - [`ws`]: the one task of a WebSocket: reads, commands, writes, timers.
 //! - [`frame`]: the WebSocket frame reader (no buffer while a connection is idle).
 //! - [`conn`]: one connection's session and its commands.
 //! - [`hub`]: rooms to local subscribers; where broker events fan out.

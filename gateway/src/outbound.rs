@@ -1,5 +1,6 @@
-//! A connection's bounded outbound queue. Producers (the hub, the reader, timers)
-//! enqueue without blocking; the writer task drains everything queued on each wake.
+//! A connection's bounded outbound queue. Producers (the hub, command handling,
+//! timers) enqueue without blocking; the connection's task (its writer) drains
+//! everything queued on each wake.
 //! The budget is in bytes: a client whose queue passes it is closed with 3008 and
 //! its queue dropped, so one slow socket never slows a room.
 

@@ -1,8 +1,6 @@
-//! The two tasks of a WebSocket connection. The reader owns the read half and
-//! handles commands in order; the writer owns the write half, drains the outbound
-//! queue into one frame per wake, and runs the connection's timers.
-//! fastwebsockets' `read_frame` is not cancel-safe, so it is only ever raced
-//! against `done`, after which the socket is not read again.
+//! The one task of a WebSocket connection: it reads frames and handles commands in
+//! order, drains the outbound queue into one frame per wake-up, and runs the
+//! connection's timers.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -41,100 +39,58 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket<Io>) {
     let (rd, wr) = tokio::io::split(ws.into_inner());
     let (_, mut tx) = fastwebsockets::after_handshake_split(tokio::io::empty(), wr, Role::Server);
     tx.set_writev_threshold(0);
-    let rx = FrameReader::new(rd, node.config.client.max_message_bytes);
+    let mut rx = FrameReader::new(rd, node.config.client.max_message_bytes);
     let conn = Conn::new(node.clone());
     node.metrics.connections.inc();
     node.metrics.connections_total.inc();
-    let writer = tokio::spawn(write_loop(conn.clone(), tx));
-    read_loop(&conn, rx).await;
-    conn.reader_done.cancel();
-    if let Err(e) = writer.await {
-        tracing::error!(client = %conn.client, error = %e, "writer task failed");
-    }
+    run(&conn, &mut rx, &mut tx).await;
     conn.teardown().await;
     node.metrics.connections.dec();
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(conn: &Conn, mut rx: FrameReader<R>) {
-    loop {
-        let res = tokio::select! {
-            biased;
-            _ = conn.done.cancelled() => return,
-            r = rx.next() => r,
-        };
-        match res {
-            Ok(Message::Text(payload)) => {
-                if conn.out.is_closing() {
-                    continue;
-                }
-                // Boxed: the command path's state machine is ~2.6 KB; inline, every
-                // idle connection's task would carry it.
-                if let Err(code) = Box::pin(conn.handle_frame(&payload)).await {
-                    conn.node.metrics.protocol_errors.inc();
-                    tracing::debug!(client = %conn.client, code = code.code, "closing connection");
-                    conn.out.close(code);
-                }
-            }
-            // The JSON protocol has no binary messages.
-            Ok(Message::Binary) => {
-                conn.node.metrics.protocol_errors.inc();
-                conn.out.close(DISCONNECT_BAD_REQUEST);
-            }
-            Ok(Message::Close(_)) => {
-                conn.out.close(CLOSE_NORMAL);
-                return;
-            }
-            Ok(Message::Ping(payload)) => conn.out.push_item(Item::Pong(payload)),
-            Err(ReadError::TooLarge) => {
-                conn.out.close(DISCONNECT_MESSAGE_TOO_BIG);
-                break;
-            }
-            Err(ReadError::Eof) | Err(ReadError::Io(_)) => {
-                conn.out.close(CLOSE_NORMAL);
-                return;
-            }
-            Err(ReadError::Protocol(why)) => {
-                tracing::debug!(client = %conn.client, why, "websocket protocol error");
-                conn.node.metrics.protocol_errors.inc();
-                conn.out.close(DISCONNECT_BAD_REQUEST);
-                break;
-            }
-        }
-    }
-    // The stream cannot be parsed any more; until the client goes (or the writer
-    // gives up after the close timeout), drop what it sends.
-    tokio::select! {
-        biased;
-        _ = conn.done.cancelled() => {}
-        _ = rx.discard() => {}
-    }
+/// How far the client's side of the stream can still be read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inbound {
+    /// Frames are read and handled.
+    Open,
+    /// The stream cannot be parsed any more (an oversized message, a protocol
+    /// error): what arrives is dropped until the client goes, so that our close
+    /// frame is read instead of lost to a reset of a socket with unread data.
+    Discarding,
+    /// The client sent its close frame or went away.
+    Ended,
 }
 
-enum Stop {
-    /// The socket failed or timed out: abandon it.
-    Abandon,
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut tx: WebSocketWrite<W>) {
+/// The connection's one task: read and handle commands, write what the outbound
+/// queue holds, and run the timers, until the connection closes.
+///
+/// A command is handled to completion before the next wake-up, so writes queue
+/// behind a command that waits for Redis (bounded by the queue's byte budget, and
+/// then flushed as one frame). One task instead of a reader and a writer saved a
+/// task and two cancellation tokens per connection.
+async fn run<R, W>(conn: &Arc<Conn>, rx: &mut FrameReader<R>, tx: &mut WebSocketWrite<W>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut items = VecDeque::new();
     let mut parts: Vec<Bytes> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
+    let mut inbound = Inbound::Open;
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     // Created once: re-creating it on every wake-up re-registered a waiter per
-    // delivery (with the reader's, 2-4% of the gateway's CPU in a fan-out profile).
-    // The reader needs no branch here: it always closes the queue before it ends,
-    // which wakes this loop.
+    // delivery (2-4% of the gateway's CPU in a fan-out profile).
     let shutdown = conn.node.shutdown.cancelled();
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
-    'run: loop {
+    loop {
         let next = conn.poll_timers(Instant::now());
         let drained = conn.out.drain(&mut items);
         let had_items = !items.is_empty();
         // Messages go out as one frame up to each control item, which follows them.
-        // Every write is boxed: an idle connection's task then carries no write
-        // state (408 bytes), for one allocation per wake-up that writes.
+        // Every write is boxed: the task then carries no write state while idle,
+        // for one allocation per wake-up that writes.
         loop {
             let control = loop {
                 match items.pop_front() {
@@ -143,27 +99,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut tx: WebSocketWri
                 }
             };
             if !parts.is_empty() {
-                let flushed = Box::pin(write_parts(
-                    &conn,
-                    &mut tx,
-                    &mut parts,
-                    &mut buf,
-                    sleep.as_mut(),
-                ))
-                .await;
-                if flushed.is_err() {
-                    break 'run;
+                let flushed = Box::pin(write_parts(conn, tx, &mut parts, &mut buf, sleep.as_mut()));
+                if flushed.await.is_err() {
+                    return;
                 }
             }
             match control {
                 None => break,
                 Some(Item::Pong(payload)) => {
                     let pong = Frame::pong(Payload::Borrowed(&payload));
-                    if Box::pin(write(&conn, &mut tx, pong, sleep.as_mut()))
+                    if Box::pin(write(conn, tx, pong, sleep.as_mut()))
                         .await
                         .is_err()
                     {
-                        break 'run;
+                        return;
                     }
                 }
                 Some(Item::Unsubscribe(sub, code)) => {
@@ -175,27 +124,29 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut tx: WebSocketWri
         if let Some(code) = drained.close {
             let reason = truncate_reason(&code.reason);
             let close = Frame::close(code.code, reason.as_bytes());
-            if Box::pin(write(&conn, &mut tx, close, sleep.as_mut()))
+            if Box::pin(write(conn, tx, close, sleep.as_mut()))
                 .await
                 .is_ok()
             {
                 // Give the client time to answer with its close frame, so that the
                 // socket is not reset under a close frame it has not read yet.
-                sleep
-                    .as_mut()
-                    .reset(Instant::now() + conn.node.config.client.close_timeout);
-                tokio::select! {
-                    _ = conn.reader_done.cancelled() => {}
-                    _ = &mut sleep => {}
-                }
+                let wait = conn.node.config.client.close_timeout;
+                tokio::time::timeout(wait, Box::pin(await_client_close(rx, inbound)))
+                    .await
+                    .ok();
             }
-            break;
+            return;
         }
         if had_items {
             continue;
         }
         sleep.as_mut().reset(next);
         tokio::select! {
+            // The frame reader keeps partial frames in its own buffer, so dropping
+            // `next()` when another branch wins loses nothing.
+            r = rx.next(), if inbound == Inbound::Open => {
+                inbound = Box::pin(handle_inbound(conn, r)).await;
+            }
             _ = conn.out.notified() => {}
             _ = &mut sleep => {}
             _ = &mut shutdown, if !shutdown_seen => {
@@ -204,7 +155,71 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut tx: WebSocketWri
             }
         }
     }
-    conn.done.cancel();
+}
+
+/// Act on what one read returned; returns how the stream is to be read from now on.
+async fn handle_inbound(conn: &Conn, res: Result<Message, ReadError>) -> Inbound {
+    match res {
+        Ok(Message::Text(payload)) => {
+            if !conn.out.is_closing() {
+                if let Err(code) = conn.handle_frame(&payload).await {
+                    conn.node.metrics.protocol_errors.inc();
+                    tracing::debug!(client = %conn.client, code = code.code, "closing connection");
+                    conn.out.close(code);
+                }
+            }
+            Inbound::Open
+        }
+        // The JSON protocol has no binary messages.
+        Ok(Message::Binary) => {
+            conn.node.metrics.protocol_errors.inc();
+            conn.out.close(DISCONNECT_BAD_REQUEST);
+            Inbound::Open
+        }
+        Ok(Message::Close(_)) => {
+            conn.out.close(CLOSE_NORMAL);
+            Inbound::Ended
+        }
+        Ok(Message::Ping(payload)) => {
+            conn.out.push_item(Item::Pong(payload));
+            Inbound::Open
+        }
+        Err(ReadError::TooLarge) => {
+            conn.out.close(DISCONNECT_MESSAGE_TOO_BIG);
+            Inbound::Discarding
+        }
+        Err(ReadError::Eof) | Err(ReadError::Io(_)) => {
+            conn.out.close(CLOSE_NORMAL);
+            Inbound::Ended
+        }
+        Err(ReadError::Protocol(why)) => {
+            tracing::debug!(client = %conn.client, why, "websocket protocol error");
+            conn.node.metrics.protocol_errors.inc();
+            conn.out.close(DISCONNECT_BAD_REQUEST);
+            Inbound::Discarding
+        }
+    }
+}
+
+/// After our close frame: read until the client's close frame or until it goes
+/// (the caller bounds the wait).
+async fn await_client_close<R: AsyncRead + Unpin>(rx: &mut FrameReader<R>, inbound: Inbound) {
+    match inbound {
+        Inbound::Ended => {}
+        Inbound::Discarding => rx.discard().await,
+        Inbound::Open => loop {
+            match rx.next().await {
+                Ok(Message::Close(_)) | Err(ReadError::Eof) | Err(ReadError::Io(_)) => return,
+                Ok(_) => {}
+                Err(_) => return rx.discard().await,
+            }
+        },
+    }
+}
+
+enum Stop {
+    /// The socket failed or timed out: abandon it.
+    Abandon,
 }
 
 /// Close reasons must fit a control frame (125 bytes with the code).
@@ -277,27 +292,23 @@ async fn write_parts<W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    /// What an idle connection's two tasks carry, inline, for their whole life.
+    /// What an idle connection's task carries, inline, for its whole life.
     #[tokio::test]
-    async fn connection_tasks_stay_small() {
+    async fn connection_task_stays_small() {
         let node = crate::Node::new(crate::Config::default(), fanout::MemoryBroker::new()).unwrap();
         let conn = crate::conn::Conn::new(node);
         let (rd, wr) = tokio::io::split(tokio::io::empty());
-        let rx = crate::frame::FrameReader::new(rd, 1024);
-        let reader = super::read_loop(&conn, rx);
-        let (_, tx) = fastwebsockets::after_handshake_split(
+        let mut rx = crate::frame::FrameReader::new(rd, 1024);
+        let (_, mut tx) = fastwebsockets::after_handshake_split(
             tokio::io::empty(),
             wr,
             fastwebsockets::Role::Server,
         );
-        let writer = super::write_loop(conn.clone(), tx);
-        let (r, w) = (
-            std::mem::size_of_val(&reader),
-            std::mem::size_of_val(&writer),
-        );
-        // Measured 392 and 744 B (the pinned shutdown future is 80 of them). The
-        // command path used to add 2.6 KB to the reader, inline writes 408 B to
-        // the writer.
-        assert!(r <= 512 && w <= 768, "reader {r} B, writer {w} B");
+        // As in `serve`: the task owns the reader and the writer half.
+        let task = async move { super::run(&conn, &mut rx, &mut tx).await };
+        let size = std::mem::size_of_val(&task);
+        // Measured 872 B. A reader and a writer task used to carry 392 + 744 B,
+        // and before the command path and writes were boxed, 3 KB more.
+        assert!(size <= 896, "connection task {size} B");
     }
 }
