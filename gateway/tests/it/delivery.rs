@@ -85,9 +85,9 @@ async fn slow_client(gw: &TestGateway) -> Client {
     c
 }
 
-/// Deliveries are written straight to the socket until it is full; then the rest
-/// of a frame and what follows queue for the writer. A client that stops reading
-/// and resumes must find every frame intact and in order.
+/// A client that stops reading fills the kernel buffers; its deliveries queue and
+/// its connection waits on the full socket. When it reads again it must find every
+/// frame intact and in order, across all three frame-length encodings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_pauses_reading_gets_every_publication_intact_in_order() {
     let gw = TestGateway::with(|c| {
