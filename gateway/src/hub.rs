@@ -3,40 +3,46 @@
 //! local subscriber, never blocking.
 //!
 //! Sharded by room hash. A room's subscriber list is a copy-on-write snapshot, so
-//! delivery holds the shard lock only long enough to clone one `Arc`.
+//! delivery holds the shard lock only long enough to clone one `Arc`. The hub knows
+//! connections only by their mailbox ([`Outbound`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fanout::broker::Control;
 use fanout::BrokerHandler;
 use parking_lot::Mutex;
-use shared::codes::UNSUBSCRIBE_INSUFFICIENT_STATE;
+use shared::codes::{UnsubscribeCode, UNSUBSCRIBE_INSUFFICIENT_STATE, UNSUBSCRIBE_SERVER};
 use shared::protocol::{self, ClientInfo, Publication};
 
-use crate::conn::Conn;
 use crate::metrics::Metrics;
 use crate::outbound::{Close, Item, Outbound};
 
 const SHARDS: usize = 64;
 
+/// Subscription ids, unique per process: an [`Item::Unsubscribe`] names the
+/// subscription it ends, not just its channel.
+static NEXT_SUB_ID: AtomicU64 = AtomicU64::new(1);
+
 /// One connection's membership in one room.
-pub struct Subscriber {
-    pub channel: Arc<str>,
-    pub out: Arc<Outbound>,
+pub(crate) struct Subscriber {
+    pub(crate) channel: Arc<str>,
+    pub(crate) id: u64,
+    out: Arc<Outbound>,
     /// Deliver join/leave pushes (the client asked for them).
     join_leave: bool,
     /// Track offsets: skip duplicates, and on a gap or new epoch end the
     /// subscription with 2500 so the SDK resubscribes and recovers.
     positioned: bool,
-    state: Mutex<SubState>,
+    state: Mutex<DeliveryState>,
 }
 
-struct SubState {
+struct DeliveryState {
     /// Until the subscribe reply is queued, deliveries wait in `pending`, because
     /// the SDK must see the reply before any push of the channel.
     syncing: bool,
@@ -55,13 +61,19 @@ enum Admit {
 }
 
 impl Subscriber {
-    pub fn new(channel: Arc<str>, out: Arc<Outbound>, join_leave: bool, positioned: bool) -> Self {
+    pub(crate) fn new(
+        channel: Arc<str>,
+        out: Arc<Outbound>,
+        join_leave: bool,
+        positioned: bool,
+    ) -> Self {
         Subscriber {
             channel,
+            id: NEXT_SUB_ID.fetch_add(1, Ordering::Relaxed),
             out,
             join_leave,
             positioned,
-            state: Mutex::new(SubState {
+            state: Mutex::new(DeliveryState {
                 syncing: true,
                 pending: Vec::new(),
                 pending_bytes: 0,
@@ -72,7 +84,7 @@ impl Subscriber {
         }
     }
 
-    fn admit(&self, s: &mut SubState, offset: u64, epoch: &str) -> Admit {
+    fn admit(&self, s: &mut DeliveryState, offset: u64, epoch: &str) -> Admit {
         if !self.positioned || offset == 0 {
             return Admit::Deliver;
         }
@@ -89,18 +101,24 @@ impl Subscriber {
         Admit::Deliver
     }
 
-    fn gap(self: &Arc<Self>, s: &mut SubState) {
+    fn gap(&self, s: &mut DeliveryState) {
         s.broken = true;
         s.pending = Vec::new();
-        self.out.push_item(Item::Unsubscribe(
-            self.clone(),
-            UNSUBSCRIBE_INSUFFICIENT_STATE,
-        ));
+        self.unsubscribe(UNSUBSCRIBE_INSUFFICIENT_STATE);
+    }
+
+    /// Ask the connection to end this subscription with `code`.
+    pub(crate) fn unsubscribe(&self, code: UnsubscribeCode) {
+        self.out.push_item(Item::Unsubscribe {
+            channel: self.channel.clone(),
+            sub_id: self.id,
+            code,
+        });
     }
 
     /// The node lost publications of this room: end the subscription with 2500 so
     /// the SDK resubscribes and recovers (or learns it cannot).
-    pub fn lost(self: &Arc<Self>) {
+    fn lost(&self) {
         let mut s = self.state.lock();
         if !s.broken {
             self.gap(&mut s);
@@ -108,7 +126,7 @@ impl Subscriber {
     }
 
     /// Deliver one push with its stream position (offset 0: not positioned).
-    pub fn deliver(self: &Arc<Self>, offset: u64, epoch: &str, bytes: &Bytes) {
+    fn deliver(&self, offset: u64, epoch: &str, bytes: &Bytes) {
         let mut s = self.state.lock();
         if s.broken {
             return;
@@ -137,7 +155,7 @@ impl Subscriber {
     /// Queue the subscribe reply (`reply`, if any) and then whatever arrived while
     /// subscribing. `position` is the stream position the client is at after the
     /// reply; buffered publications at or before it are dropped as already known.
-    pub fn finish_sync(self: &Arc<Self>, reply: Option<Bytes>, position: Option<(u64, &str)>) {
+    pub(crate) fn finish_sync(&self, reply: Option<Bytes>, position: Option<(u64, &str)>) {
         let mut s = self.state.lock();
         if let Some(r) = reply {
             self.out.push(r);
@@ -165,21 +183,22 @@ impl Subscriber {
 }
 
 type Snapshot = Arc<Vec<Arc<Subscriber>>>;
-type Shard = Mutex<HashMap<Arc<str>, Snapshot>>;
+type RoomShard = Mutex<HashMap<Arc<str>, Snapshot>>;
 
 /// Rooms and their local subscribers.
 pub struct Hub {
-    shards: Box<[Shard]>,
+    shards: Box<[RoomShard]>,
     /// Rooms that lost their last local subscriber, and when: unsubscribed from the
     /// broker after a delay if still empty, so that churn does not thrash Redis.
     emptied: Mutex<HashMap<Arc<str>, Instant>>,
-    /// Connections by user, for cluster-wide commands (disconnect, unsubscribe).
-    users: Mutex<HashMap<Arc<str>, Vec<Weak<Conn>>>>,
+    /// Connections (their mailboxes) by user, for cluster-wide commands
+    /// (disconnect, unsubscribe).
+    users: Mutex<HashMap<Arc<str>, Vec<Arc<Outbound>>>>,
     metrics: Arc<Metrics>,
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             emptied: Mutex::new(HashMap::new()),
@@ -188,7 +207,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, room: &str) -> &Shard {
+    fn shard(&self, room: &str) -> &RoomShard {
         let mut h = DefaultHasher::new();
         room.hash(&mut h);
         &self.shards[(h.finish() as usize) % SHARDS]
@@ -199,7 +218,7 @@ impl Hub {
     }
 
     /// Add a subscriber to its room.
-    pub fn add(&self, sub: Arc<Subscriber>) {
+    pub(crate) fn add(&self, sub: Arc<Subscriber>) {
         let room = sub.channel.clone();
         {
             let mut shard = self.shard(&room).lock();
@@ -209,7 +228,7 @@ impl Hub {
     }
 
     /// Remove a subscriber. Returns true if it was there.
-    pub fn remove(&self, sub: &Arc<Subscriber>) -> bool {
+    pub(crate) fn remove(&self, sub: &Arc<Subscriber>) -> bool {
         let room = &sub.channel;
         let (found, now_empty) = {
             let mut shard = self.shard(room).lock();
@@ -233,7 +252,7 @@ impl Hub {
 
     /// Rooms empty for at least `idle_for`, still empty now: the caller unsubscribes
     /// them from the broker.
-    pub fn take_idle_rooms(&self, idle_for: Duration) -> Vec<Arc<str>> {
+    pub(crate) fn take_idle_rooms(&self, idle_for: Duration) -> Vec<Arc<str>> {
         let now = Instant::now();
         let due: Vec<Arc<str>> = {
             let mut emptied = self.emptied.lock();
@@ -250,14 +269,18 @@ impl Hub {
         due.into_iter().filter(|r| !self.has_room(r)).collect()
     }
 
-    pub fn add_user(&self, user: &str, conn: Weak<Conn>) {
-        self.users.lock().entry(user.into()).or_default().push(conn);
+    pub(crate) fn add_user(&self, user: &str, mailbox: Arc<Outbound>) {
+        self.users
+            .lock()
+            .entry(user.into())
+            .or_default()
+            .push(mailbox);
     }
 
-    pub fn remove_user(&self, user: &str, conn: &Weak<Conn>) {
+    pub(crate) fn remove_user(&self, user: &str, mailbox: &Arc<Outbound>) {
         let mut users = self.users.lock();
         if let Some(list) = users.get_mut(user) {
-            list.retain(|c| !c.ptr_eq(conn));
+            list.retain(|c| !Arc::ptr_eq(c, mailbox));
             if list.is_empty() {
                 users.remove(user);
             }
@@ -269,16 +292,12 @@ impl Hub {
         self.users.lock().len()
     }
 
-    fn user_conns(&self, user: &str) -> Vec<Arc<Conn>> {
-        self.users
-            .lock()
-            .get(user)
-            .map(|l| l.iter().filter_map(Weak::upgrade).collect())
-            .unwrap_or_default()
+    fn user_mailboxes(&self, user: &str) -> Vec<Arc<Outbound>> {
+        self.users.lock().get(user).cloned().unwrap_or_default()
     }
 
     /// Whether `room` has local subscribers.
-    pub fn has_room(&self, room: &str) -> bool {
+    pub(crate) fn has_room(&self, room: &str) -> bool {
         self.shard(room).lock().contains_key(room)
     }
 
@@ -333,16 +352,25 @@ impl BrokerHandler for Hub {
     fn on_control(&self, control: &Control) {
         match control {
             Control::Disconnect { user, code, reason } => {
-                for c in self.user_conns(user) {
-                    c.out.close(Close {
+                for mailbox in self.user_mailboxes(user) {
+                    mailbox.close(Close {
                         code: *code,
                         reason: reason.clone().into(),
                     });
                 }
             }
             Control::Unsubscribe { user, channel } => {
-                for c in self.user_conns(user) {
-                    c.unsubscribe_by_server(channel);
+                let mailboxes = self.user_mailboxes(user);
+                if mailboxes.is_empty() {
+                    return;
+                }
+                let Some(subs) = self.snapshot(channel) else {
+                    return;
+                };
+                for s in subs.iter() {
+                    if mailboxes.iter().any(|m| Arc::ptr_eq(m, &s.out)) {
+                        s.unsubscribe(UNSUBSCRIBE_SERVER);
+                    }
                 }
             }
             Control::Node(_) => {}

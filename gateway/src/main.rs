@@ -126,7 +126,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
             }
         };
         let node: Arc<Node> = Node::new(config, broker)?;
-        tracing::info!("clients connect to ws://{local}{}", gateway::server::WEBSOCKET_PATH);
+        tracing::info!("clients connect to ws://{local}{}", gateway::WEBSOCKET_PATH);
         if let Some(secret) = generated {
             tracing::warn!(
                 "no token key configured: generated a random HMAC secret for this run. \

@@ -11,26 +11,39 @@ use shared::auth::Verifier;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+
+/// The server version reported in connect and refresh results and heartbeats.
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a node could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("token keys: {0}")]
+    Keys(#[from] shared::auth::KeyError),
+}
 
 /// How long a room stays subscribed at the broker after its last local member left,
 /// so that members hopping in and out do not thrash the broker with SUBSCRIBE and
 /// UNSUBSCRIBE.
-pub const ROOM_UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
+const ROOM_UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
 
 pub struct Node {
     pub config: Config,
     pub broker: Arc<dyn Broker>,
+    /// Rooms to local subscribers.
     pub hub: Arc<Hub>,
-    pub verifier: Verifier,
+    pub(crate) verifier: Verifier,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node starts shutting down: connections close with 3001.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Every connection task and background loop, awaited on shutdown.
-    pub tasks: TaskTracker,
-    pub started: Instant,
+    pub(crate) tasks: TaskTracker,
+    started: Instant,
     /// Unique per process start, in the node registry.
     pub id: String,
     ready: AtomicBool,
@@ -38,7 +51,7 @@ pub struct Node {
 
 impl Node {
     /// Build a node on `broker` and start its background loops.
-    pub fn new(config: Config, broker: Arc<dyn Broker>) -> anyhow::Result<Arc<Node>> {
+    pub fn new(config: Config, broker: Arc<dyn Broker>) -> Result<Arc<Node>, NodeError> {
         config.validate()?;
         let verifier = Verifier::new(&config.token)?;
         let metrics = Arc::new(Metrics::default());
@@ -69,6 +82,7 @@ impl Node {
             && self.broker.is_healthy()
     }
 
+    /// Take the node out of rotation (`/readyz` 503) or back, while it keeps serving.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -78,7 +92,7 @@ impl Node {
         NodeInfo {
             id: self.id.clone(),
             name: self.config.node_name.clone(),
-            version: crate::conn::VERSION.into(),
+            version: VERSION.into(),
             uptime_secs: self.started.elapsed().as_secs(),
             num_clients: self.metrics.connections.get(),
             num_users: self.hub.num_users() as u64,

@@ -1,6 +1,7 @@
-//! A connection's bounded outbound queue. Producers (the hub, command handling,
-//! timers) enqueue without blocking; the connection's task (its writer) drains
-//! everything queued on each wake.
+//! A connection's mailbox: its bounded outbound queue. Producers (the hub, command
+//! handling, timers) enqueue without blocking; the connection's task drains
+//! everything queued on each wake. It knows no hub or connection types: the hub
+//! reaches a connection only through it.
 //! The budget is in bytes: a client whose queue passes it is closed with 3008 and
 //! its queue dropped, so one slow socket never slows a room.
 
@@ -13,22 +14,27 @@ use parking_lot::Mutex;
 use shared::codes::{DisconnectCode, UnsubscribeCode, DISCONNECT_SLOW};
 use tokio::sync::Notify;
 
-use crate::hub::Subscriber;
 use crate::metrics::Metrics;
 
 /// Something for the writer to do, in order.
-pub enum Item {
+pub(crate) enum Item {
     /// One encoded reply or push.
     Data(Bytes),
     /// A WebSocket pong answering the client's ping frame.
     Pong(Bytes),
-    /// End this subscription on the server's initiative (then push `unsubscribe`).
-    Unsubscribe(Arc<Subscriber>, UnsubscribeCode),
+    /// End subscription `sub_id` to `channel` on the server's initiative (then push
+    /// `unsubscribe`). The id makes a late item harmless to a newer subscription
+    /// to the same channel.
+    Unsubscribe {
+        channel: Arc<str>,
+        sub_id: u64,
+        code: UnsubscribeCode,
+    },
 }
 
 /// How the connection is to be closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Close {
+pub(crate) struct Close {
     pub code: u16,
     pub reason: Cow<'static, str>,
 }
@@ -49,7 +55,7 @@ struct State {
     close: Option<Close>,
 }
 
-pub struct Outbound {
+pub(crate) struct Outbound {
     state: Mutex<State>,
     notify: Notify,
     max_bytes: usize,
@@ -57,7 +63,7 @@ pub struct Outbound {
 }
 
 /// What one drain took out of the queue.
-pub struct Drained {
+pub(crate) struct Drained {
     /// Set once the connection is to be closed; the items before it still go out,
     /// except after a slow-client close, which drops them.
     pub close: Option<Close>,

@@ -115,8 +115,12 @@ where
                         return;
                     }
                 }
-                Some(Item::Unsubscribe(sub, code)) => {
-                    Box::pin(conn.server_unsubscribe(&sub, code)).await;
+                Some(Item::Unsubscribe {
+                    channel,
+                    sub_id,
+                    code,
+                }) => {
+                    Box::pin(conn.server_unsubscribe(&channel, sub_id, code)).await;
                 }
                 Some(Item::Data(_)) => {} // collected above
             }

@@ -6,6 +6,7 @@ mod delivery;
 mod lifecycle;
 mod limits;
 mod protocol;
+mod readme;
 mod recovery;
 mod sdk;
 mod support;

@@ -1,0 +1,107 @@
+//! One client connection: its session and the commands it sends, one file per
+//! command family.
+//!
+//! The connection's task (in [`crate::ws`]) feeds text frames to
+//! [`Conn::handle_frame`], which handles the commands in order and enqueues
+//! replies on the connection's mailbox ([`crate::outbound::Outbound`]). Between
+//! frames the same task writes what is queued and calls [`Conn::poll_timers`]
+//! and [`Conn::server_unsubscribe`].
+//!
+//! - `session`: the [`Conn`], its session state and the helpers every family uses.
+//! - `connect`: connect, refresh, the pong and the connection's timers.
+//! - `subscribe`: subscribe (with recovery), unsubscribe, sub_refresh, server-side
+//!   subscriptions, leaving rooms.
+//! - `recovery`: the pure recovery verdict.
+//! - `publish`: publish, presence, presence_stats, history.
+
+mod connect;
+mod publish;
+mod recovery;
+mod session;
+mod subscribe;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shared::codes::{
+    DisconnectCode, DISCONNECT_BAD_REQUEST, DISCONNECT_NOT_AVAILABLE, ERROR_NOT_AVAILABLE,
+};
+use shared::protocol::{self, Command, Request};
+
+pub(crate) use session::Conn;
+use session::{Failure, Outcome, Phase, Sub};
+
+impl Conn {
+    /// Handle one text frame: one or more commands joined by `\n`. An `Err` is the
+    /// code to close the connection with.
+    pub(crate) async fn handle_frame(&self, frame: &[u8]) -> Result<(), DisconnectCode> {
+        let lines = protocol::split_frame(frame).ok_or(DISCONNECT_BAD_REQUEST)?;
+        for line in lines {
+            let cmd = Command::parse(line).map_err(|_| DISCONNECT_BAD_REQUEST)?;
+            self.handle_command(cmd).await?;
+            if self.out.is_closing() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_command(&self, cmd: Command) -> Result<(), DisconnectCode> {
+        let id = cmd.id;
+        let phase = self.session.lock().phase;
+        let request = cmd.request();
+        let outcome = match (phase, request) {
+            (Phase::Connecting, Some(Request::Connect(r))) if id > 0 => self.connect(id, r).await,
+            (Phase::Connected, Some(Request::Send(_))) => Err(DISCONNECT_NOT_AVAILABLE.into()),
+            // Id 0 without `send` is a pong, whatever else the command holds.
+            (Phase::Connected, _) if id == 0 => self.pong(),
+            (Phase::Connected, Some(request)) if id > 0 => self.dispatch(id, request).await,
+            _ => Err(DISCONNECT_BAD_REQUEST.into()),
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(Failure::Error(e)) => {
+                self.out.push(Bytes::from(protocol::encode_error(id, e)));
+                Ok(())
+            }
+            Err(Failure::Disconnect(d)) => Err(d),
+        }
+    }
+
+    async fn dispatch(&self, id: u32, request: Request) -> Outcome<()> {
+        let body = match request {
+            Request::Subscribe(r) => return self.subscribe(id, r).await,
+            Request::Unsubscribe(r) => self.unsubscribe(&r.channel).await?,
+            Request::Publish(r) => self.publish(r).await?,
+            Request::Presence(r) => self.presence(&r.channel).await?,
+            Request::PresenceStats(r) => self.presence_stats(&r.channel).await?,
+            Request::History(r) => self.history(r).await?,
+            Request::Refresh(r) => self.refresh(r)?,
+            Request::SubRefresh(r) => self.sub_refresh(r)?,
+            // No RPC handler is configured on this node.
+            Request::Rpc(_) => return Err(ERROR_NOT_AVAILABLE.into()),
+            Request::Connect(_) | Request::Ping | Request::Send(_) => {
+                return Err(DISCONNECT_BAD_REQUEST.into())
+            }
+        };
+        self.reply(id, body);
+        Ok(())
+    }
+
+    /// Leave every room after the socket is gone.
+    pub(crate) async fn teardown(&self) {
+        let (user, subs): (Arc<str>, Vec<Sub>) = {
+            let mut s = self.session.lock();
+            (s.user.clone(), s.subs.drain().map(|(_, v)| v).collect())
+        };
+        if !user.is_empty() {
+            self.node.hub.remove_user(&user, &self.out);
+        }
+        for sub in &subs {
+            self.node.hub.remove(&sub.entry);
+        }
+        for sub in &subs {
+            self.leave_room(sub, true).await;
+        }
+    }
+}
