@@ -3,6 +3,7 @@
 mod auth;
 mod cluster;
 mod delivery;
+mod layout;
 mod lifecycle;
 mod limits;
 mod protocol;
