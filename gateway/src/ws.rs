@@ -43,7 +43,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocket<Io>) {
     let conn = Conn::new(node.clone());
     node.metrics.connections.inc();
     node.metrics.connections_total.inc();
-    run(&conn, &mut rx, &mut tx).await;
+    drive(&conn, &mut rx, &mut tx).await;
     conn.teardown().await;
     node.metrics.connections.dec();
 }
@@ -68,7 +68,7 @@ enum Inbound {
 /// behind a command that waits for Redis (bounded by the queue's byte budget, and
 /// then flushed as one frame). One task instead of a reader and a writer saved a
 /// task and two cancellation tokens per connection.
-async fn run<R, W>(conn: &Arc<Conn>, rx: &mut FrameReader<R>, tx: &mut WebSocketWrite<W>)
+async fn drive<R, W>(conn: &Arc<Conn>, rx: &mut FrameReader<R>, tx: &mut WebSocketWrite<W>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -309,7 +309,7 @@ mod tests {
             fastwebsockets::Role::Server,
         );
         // As in `serve`: the task owns the reader and the writer half.
-        let task = async move { super::run(&conn, &mut rx, &mut tx).await };
+        let task = async move { super::drive(&conn, &mut rx, &mut tx).await };
         let size = std::mem::size_of_val(&task);
         // Measured 872 B. A reader and a writer task used to carry 392 + 744 B,
         // and before the command path and writes were boxed, 3 KB more.
