@@ -1,4 +1,4 @@
-//! Connection and subscription JWTs (PROTOCOL.md section 7).
+//! Connection and subscription JWTs (docs/protocol.md §5).
 //!
 //! HS256/384/512 with a shared secret (plus an optional previous secret during
 //! rotation), RS*/PS* with an RSA public key and ES256/384 with an ECDSA public key,

@@ -1,4 +1,4 @@
-//! Error, unsubscribe and disconnect codes (PROTOCOL.md section 6).
+//! Error, unsubscribe and disconnect codes (docs/protocol.md §7).
 
 /// An error sent to the client in `Reply.error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

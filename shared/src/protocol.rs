@@ -1,4 +1,4 @@
-//! The JSON client protocol (PROTOCOL.md sections 0-5).
+//! The JSON client protocol (docs/protocol.md §1-§3; stream fields §4).
 //!
 //! Incoming frames hold one or more [`Command`]s joined by `\n`; outgoing frames hold
 //! one or more replies or pushes joined by `\n`. Fields typed `bytes` in the proto are
