@@ -4,7 +4,7 @@
 
 use shared::codes::{ErrorCode, ERROR_UNRECOVERABLE_POSITION};
 
-/// Why a recovery succeeded or not (docs/protocol.md §4).
+/// Why a recovery succeeded or not (docs/protocol.md §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Recovery {
     /// The page holds exactly the publications after the client's offset, up to

@@ -635,7 +635,7 @@ async fn audience_and_issuer_are_checked_when_configured() {
     }
 }
 
-/// PROTOCOL.md 7.1: with `audience`/`issuer` configured, a token that does not name
+/// docs/protocol.md §5: with `audience`/`issuer` configured, a token that does not name
 /// them is not for this service (Centrifugo rejects it as invalid).
 #[tokio::test]
 async fn token_without_configured_audience_or_issuer_closes_3500() {
@@ -726,7 +726,7 @@ async fn subscription_token_bound_to_another_client_closes_3500() {
     assert_eq!(closed, invalid_token());
 }
 
-/// PROTOCOL.md 3.11: a new subscription expiry already in the past is 110.
+/// docs/protocol.md §2.10: a new subscription expiry already in the past is 110.
 #[tokio::test]
 async fn sub_refresh_with_expire_at_in_the_past_is_110() {
     let gw = TestGateway::start().await;

@@ -851,7 +851,7 @@ async fn second_pong_for_one_ping_closes_3501() {
     assert_eq!(c.closed().await, bad_request());
 }
 
-/// PROTOCOL.md 2.1 rule 2: a command with id 0 (other than `send`) is the pong,
+/// docs/protocol.md §2.2: a command with id 0 (other than `send`) is the pong,
 /// whatever else it contains.
 #[tokio::test]
 async fn command_with_id_zero_answers_an_outstanding_ping() {
