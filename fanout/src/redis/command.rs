@@ -279,7 +279,7 @@ impl Commands {
 
     /// PING the command connection and set the health flag. `failed_probes` counts
     /// probes failed in a row.
-    pub(super) async fn probe(&self, failed_probes: &mut u32) {
+    pub(super) async fn probe_health(&self, failed_probes: &mut u32) {
         let mut cmd = self.conn();
         let r = tokio::time::timeout(
             self.timeout,
@@ -328,7 +328,7 @@ impl Commands {
             u8::from(query.reverse),
             u8::from(query.since.is_some()),
         ];
-        let keys = self.keys.history(room);
+        let keys = self.keys.history_keys(room);
         let (top, epoch, ids, data): HistoryReply =
             self.eval(&self.scripts.history, &keys, &args, true).await?;
         let mut publications = Vec::with_capacity(ids.len());

@@ -47,19 +47,19 @@ impl Keys {
 
     /// The stream of publications, `<prefix>{room}.s` (entry id `<offset>-0`,
     /// field `d` = envelope).
-    pub(super) fn stream(&self, room: &str) -> String {
+    pub(super) fn stream_key(&self, room: &str) -> String {
         self.key(room, "s")
     }
 
     /// The history script's keys: the meta hash `<prefix>{room}.m` (`t` top
     /// offset, `e` epoch) and the stream.
-    pub(super) fn history(&self, room: &str) -> [String; 2] {
-        [self.key(room, "m"), self.stream(room)]
+    pub(super) fn history_keys(&self, room: &str) -> [String; 2] {
+        [self.key(room, "m"), self.stream_key(room)]
     }
 
     /// The presence scripts' keys: `<prefix>{room}.p` (client id -> info) and
     /// `<prefix>{room}.pe` (presence expiry, a sorted set).
-    pub(super) fn presence(&self, room: &str) -> [String; 2] {
+    pub(super) fn presence_keys(&self, room: &str) -> [String; 2] {
         [self.key(room, "p"), self.key(room, "pe")]
     }
 
@@ -80,12 +80,15 @@ mod tests {
     fn names_share_the_room_hash_tag() {
         let k = Keys::new("gw".into());
         assert_eq!(k.channel("a"), "gw{a}");
-        assert_eq!(k.history("a"), ["gw{a}.m".to_owned(), "gw{a}.s".to_owned()]);
         assert_eq!(
-            k.presence("a"),
+            k.history_keys("a"),
+            ["gw{a}.m".to_owned(), "gw{a}.s".to_owned()]
+        );
+        assert_eq!(
+            k.presence_keys("a"),
             ["gw{a}.p".to_owned(), "gw{a}.pe".to_owned()]
         );
-        assert_eq!(k.stream("a"), "gw{a}.s");
+        assert_eq!(k.stream_key("a"), "gw{a}.s");
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl RedisBroker {
 
     /// Pub/sub connections re-established after a loss since start.
     pub fn pubsub_reconnects(&self) -> u64 {
-        self.subscriptions.reconnects()
+        self.subscriptions.reconnect_count()
     }
 
     async fn publish_event(&self, room: &str, env: Envelope) -> Result<(), BrokerError> {
@@ -149,8 +149,8 @@ async fn maintenance_loop(
     let mut failed_probes = 0u32;
     loop {
         tokio::select! {
-            _ = probe.tick() => commands.probe(&mut failed_probes).await,
-            _ = refresh.tick() => presence.refresh().await,
+            _ = probe.tick() => commands.probe_health(&mut failed_probes).await,
+            _ = refresh.tick() => presence.refresh_entries().await,
             _ = stop.cancelled() => return,
         }
     }
@@ -198,7 +198,7 @@ impl Broker for RedisBroker {
             c.query::<i64>(&cmd, false).await?;
             return Ok(StreamPosition::default());
         };
-        let keys = c.keys.history(room);
+        let keys = c.keys.history_keys(room);
         let args = args![
             c.keys.channel(room),
             body,
@@ -235,16 +235,16 @@ impl Broker for RedisBroker {
 
     async fn remove_history(&self, room: &str) -> Result<(), BrokerError> {
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.commands.keys.stream(room));
+        cmd.arg(self.commands.keys.stream_key(room));
         self.commands.query::<i64>(&cmd, true).await.map(|_| ())
     }
 
     async fn presence_add(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
-        self.presence.add(room, info).await
+        self.presence.add_entry(room, info).await
     }
 
     async fn presence_remove(&self, room: &str, client: &str) -> Result<(), BrokerError> {
-        self.presence.remove(room, client).await
+        self.presence.remove_entry(room, client).await
     }
 
     async fn presence(&self, room: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {

@@ -40,7 +40,7 @@ impl Presence {
     }
 
     /// Record that `info.client` is in `room`, and keep refreshing it.
-    pub(super) async fn add(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+    pub(super) async fn add_entry(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         let bytes = rmp_encode_info(info)?;
         // Recorded here first, so that a refresh running meanwhile does not take
         // the entry for a removed one and delete it again.
@@ -57,7 +57,7 @@ impl Presence {
     }
 
     /// Remove one entry, and stop refreshing it.
-    pub(super) async fn remove(&self, room: &str, client: &str) -> Result<(), BrokerError> {
+    pub(super) async fn remove_entry(&self, room: &str, client: &str) -> Result<(), BrokerError> {
         self.forget_local(room, client);
         self.delete(room, client).await
     }
@@ -68,7 +68,7 @@ impl Presence {
         room: &str,
     ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         let c = &self.commands;
-        let keys = c.keys.presence(room);
+        let keys = c.keys.presence_keys(room);
         let entries: Vec<(String, Vec<u8>)> =
             c.eval(&c.scripts.presence_get, &keys, &[], true).await?;
         let mut out = HashMap::with_capacity(entries.len());
@@ -87,7 +87,7 @@ impl Presence {
     /// per room (and per chunk of a large room), several in flight. One call per entry,
     /// one after another, took a round trip each: at 1 ms per round trip a node with
     /// 20,000 members needed the whole refresh interval, and entries began to expire.
-    pub(super) async fn refresh(&self) {
+    pub(super) async fn refresh_entries(&self) {
         let batches: Vec<(String, PresenceEntries)> = {
             let presence = self.local.lock();
             presence
@@ -143,7 +143,7 @@ impl Presence {
     /// Put presence entries (client id, encoded info) of one room.
     async fn put(&self, room: &str, entries: &[(String, Vec<u8>)]) -> Result<(), BrokerError> {
         let c = &self.commands;
-        let keys = c.keys.presence(room);
+        let keys = c.keys.presence_keys(room);
         let mut args = Vec::with_capacity(1 + 2 * entries.len());
         args.push(self.ttl.as_secs().max(1).to_string().into_bytes());
         for (client, info) in entries {
@@ -169,7 +169,7 @@ impl Presence {
     /// Remove one presence entry from Redis.
     async fn delete(&self, room: &str, client: &str) -> Result<(), BrokerError> {
         let c = &self.commands;
-        let keys = c.keys.presence(room);
+        let keys = c.keys.presence_keys(room);
         c.eval::<i64>(&c.scripts.presence_remove, &keys, &args![client], true)
             .await
             .map(|_| ())

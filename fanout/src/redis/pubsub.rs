@@ -97,11 +97,11 @@ impl Subscriptions {
     }
 
     /// Pub/sub connections re-established after a loss since start.
-    pub(super) fn reconnects(&self) -> u64 {
+    pub(super) fn reconnect_count(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
     }
 
-    fn shard(&self, room: &str) -> &PubsubShard {
+    fn pubsub_shard(&self, room: &str) -> &PubsubShard {
         &self.shards[hash_index(room, self.shards.len())]
     }
 
@@ -124,7 +124,7 @@ impl Subscriptions {
             }
         };
         if send {
-            self.shard(room)
+            self.pubsub_shard(room)
                 .tx
                 .send(room.into())
                 .await
@@ -145,7 +145,7 @@ impl Subscriptions {
         }
         let room: Arc<str> = room.into();
         self.delivery.forget(room.clone()).await;
-        self.shard(&room)
+        self.pubsub_shard(&room)
             .tx
             .send(room)
             .await
@@ -290,7 +290,8 @@ async fn single_shard_loop(
                         }
                     }
                     if !unsubscribe.is_empty() {
-                        if !matches!(tokio::time::timeout(timeout, sink.unsubscribe(subs.channels(&unsubscribe))).await, Ok(Ok(()))) {
+                        let channels = subs.channels(&unsubscribe);
+                        if !matches!(tokio::time::timeout(timeout, sink.unsubscribe(channels)).await, Ok(Ok(()))) {
                             break;
                         }
                     }
