@@ -81,18 +81,18 @@ pub trait BrokerHandler: Send + Sync + 'static {
 
 /// Nodes heard from by heartbeat, each kept for its own `ttl_ms`.
 #[derive(Debug, Default)]
-pub struct NodeRegistry {
+pub(crate) struct NodeRegistry {
     nodes: parking_lot::Mutex<HashMap<String, (NodeInfo, std::time::Instant)>>,
 }
 
 impl NodeRegistry {
-    pub fn record(&self, info: NodeInfo) {
+    pub(crate) fn record(&self, info: NodeInfo) {
         let expires = std::time::Instant::now() + Duration::from_millis(info.ttl_ms);
         self.nodes.lock().insert(info.id.clone(), (info, expires));
     }
 
     /// Live nodes, by name.
-    pub fn alive(&self) -> Vec<NodeInfo> {
+    pub(crate) fn alive(&self) -> Vec<NodeInfo> {
         let now = std::time::Instant::now();
         let mut nodes = self.nodes.lock();
         nodes.retain(|_, (_, exp)| *exp > now);
@@ -102,7 +102,7 @@ impl NodeRegistry {
     }
 
     /// Heartbeats feed the registry; other controls go to the handler.
-    pub fn dispatch(&self, control: &Control, handler: Option<&Arc<dyn BrokerHandler>>) {
+    pub(crate) fn dispatch(&self, control: &Control, handler: Option<&Arc<dyn BrokerHandler>>) {
         match control {
             Control::Node(info) => self.record(info.clone()),
             other => {

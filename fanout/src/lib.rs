@@ -4,13 +4,15 @@
 //! - [`broker`]: the [`Broker`] trait (publish with optional history, per-room
 //!   subscribe/unsubscribe, history reads, presence, join/leave) and the
 //!   [`BrokerHandler`] through which inbound events reach the node's hub.
-//! - [`memory`]: the in-memory engine, a complete implementation for ONE node.
-//! - [`redis`]: the Redis engine (standalone or Redis Cluster): many nodes as one.
+//! - `memory`: the in-memory engine, [`MemoryBroker`], a complete implementation
+//!   for ONE node.
+//! - `redis`: the Redis engine, [`RedisBroker`] configured by [`RedisConfig`]
+//!   (standalone or Redis Cluster): many nodes as one.
 //! - `testing` (feature `test-util`): real `redis-server` processes for tests.
 
 pub mod broker;
-pub mod memory;
-pub mod redis;
+mod memory;
+mod redis;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

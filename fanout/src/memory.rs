@@ -59,12 +59,12 @@ fn new_epoch() -> String {
 }
 
 #[derive(Default)]
-struct Shard {
+struct StoreShard {
     streams: HashMap<String, Stream>,
     presence: HashMap<String, HashMap<String, ClientInfo>>,
 }
 
-impl Shard {
+impl StoreShard {
     /// The live stream of `room`, dropping expired parts first.
     fn stream(&mut self, room: &str, now: Instant) -> Option<&mut Stream> {
         let expired = self.streams.get(room).map(|s| s.meta_expire <= now)?;
@@ -90,7 +90,7 @@ impl Shard {
 
 /// In-memory broker for a single node. See the module docs.
 pub struct MemoryBroker {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Mutex<StoreShard>]>,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     registry: NodeRegistry,
 }
@@ -106,7 +106,9 @@ impl MemoryBroker {
     /// that drops expired streams; the sweeper ends when the broker is dropped.
     pub fn new() -> Arc<Self> {
         let broker = Arc::new(MemoryBroker {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(StoreShard::default()))
+                .collect(),
             handler: OnceLock::new(),
             registry: NodeRegistry::default(),
         });
@@ -117,7 +119,7 @@ impl MemoryBroker {
         broker
     }
 
-    fn shard(&self, room: &str) -> &Mutex<Shard> {
+    fn shard(&self, room: &str) -> &Mutex<StoreShard> {
         let mut h = DefaultHasher::new();
         room.hash(&mut h);
         &self.shards[(h.finish() as usize) % SHARDS]

@@ -1,0 +1,354 @@
+//! The command connection and how commands are run on it: connecting (standalone
+//! or cluster), the retry-once policy, the health flag and its probe, reconnect
+//! backoff, and the history read that publishing nodes and repairs share.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use shared::envelope::Envelope;
+use tokio_util::sync::CancellationToken;
+
+use super::config::RedisConfig;
+use super::keys::{new_epoch, Keys};
+use super::scripts::{HistoryReply, Scripts};
+use crate::broker::{BrokerError, HistoryPage, HistoryQuery, StreamPosition};
+
+pub(super) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+/// Flatten arguments for [`Commands::eval`].
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {{
+        let mut v: Vec<Vec<u8>> = Vec::new();
+        $(v.extend(redis::ToRedisArgs::to_redis_args(&$a));)*
+        v
+    }};
+}
+pub(super) use args;
+
+/// The command connection: multiplexed and pipelined, reconnecting by itself.
+#[derive(Clone)]
+enum CmdConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for CmdConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            CmdConn::Single(c) => c.req_packed_command(cmd),
+            CmdConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            CmdConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            CmdConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            CmdConn::Single(c) => c.get_db(),
+            CmdConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Whether a failed command may be run again.
+fn retryable(e: &redis::RedisError, idempotent: bool) -> bool {
+    let never_sent = e.is_connection_refusal()
+        || matches!(e.kind(), redis::ErrorKind::Io)
+            && e.to_string().to_ascii_lowercase().contains("broken pipe");
+    never_sent || (idempotent && (e.is_connection_dropped() || e.is_io_error()))
+}
+
+/// Where the engine connects.
+#[derive(Clone)]
+pub(super) enum Target {
+    Single(redis::Client),
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        /// Seed nodes, for the pub/sub clients (each has its own push callback).
+        nodes: Vec<String>,
+    },
+}
+
+/// Parse the URL into a target. `redis+cluster://h1:p1,h2:p2` lists seed nodes.
+fn parse_target(url: &str, timeout: Duration) -> Result<Target, BrokerError> {
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let nodes: Vec<String> = rest
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("redis://{n}"))
+            .collect();
+        if nodes.is_empty() {
+            return Err(BrokerError::Internal(
+                "redis+cluster:// needs at least one host:port".into(),
+            ));
+        }
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .build()
+            .map_err(|e| BrokerError::Internal(format!("cluster url: {e}")))?;
+        Ok(Target::Cluster {
+            client: Box::new(client),
+            nodes,
+        })
+    } else {
+        let client = redis::Client::open(url)
+            .map_err(|e| BrokerError::Internal(format!("redis url: {e}")))?;
+        Ok(Target::Single(client))
+    }
+}
+
+async fn connect_cmd(target: &Target, timeout: Duration) -> Result<CmdConn, BrokerError> {
+    match target {
+        Target::Single(client) => {
+            let mc = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2));
+            let cm = tokio::time::timeout(timeout, client.get_connection_manager_with_config(mc))
+                .await
+                .map_err(|_| unavailable("connect timed out"))?
+                .map_err(unavailable)?;
+            Ok(CmdConn::Single(cm))
+        }
+        Target::Cluster { client, .. } => {
+            let c = tokio::time::timeout(timeout, client.get_async_connection())
+                .await
+                .map_err(|_| unavailable("connect timed out"))?
+                .map_err(unavailable)?;
+            Ok(CmdConn::Cluster(c))
+        }
+    }
+}
+
+/// Wait before reconnect attempt `attempt` (then counted); false once the engine
+/// stops.
+pub(super) async fn backoff(stop: &CancellationToken, attempt: &mut u32) -> bool {
+    let delay = Duration::from_millis(100u64 << (*attempt).min(5)).min(Duration::from_secs(3));
+    *attempt += 1;
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stop.cancelled() => false,
+    }
+}
+
+/// Commands to Redis over the shared command connection, with the key names and
+/// scripts they use.
+pub(super) struct Commands {
+    target: Target,
+    timeout: Duration,
+    /// Swapped for a new one when probes find it silent.
+    cmd: Mutex<CmdConn>,
+    /// Whether the last command or probe reached Redis.
+    ok: AtomicBool,
+    pub(super) keys: Keys,
+    pub(super) scripts: Scripts,
+}
+
+impl Commands {
+    /// Parse the URL and connect. Fails if Redis cannot be reached within the
+    /// command timeout.
+    pub(super) async fn connect(cfg: &RedisConfig) -> Result<Arc<Commands>, BrokerError> {
+        let target = parse_target(&cfg.url, cfg.command_timeout)?;
+        let cmd = connect_cmd(&target, cfg.command_timeout).await?;
+        Ok(Arc::new(Commands {
+            target,
+            timeout: cfg.command_timeout,
+            cmd: Mutex::new(cmd),
+            ok: AtomicBool::new(true),
+            keys: Keys::new(cfg.prefix.clone()),
+            scripts: Scripts::new(),
+        }))
+    }
+
+    pub(super) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    /// `spublish` on a cluster (sharded pub/sub), `publish` otherwise.
+    pub(super) fn publish_command(&self) -> &'static str {
+        if self.is_cluster() {
+            "spublish"
+        } else {
+            "publish"
+        }
+    }
+
+    /// Whether Redis answered the last command or probe.
+    pub(super) fn is_healthy(&self) -> bool {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    fn conn(&self) -> CmdConn {
+        self.cmd.lock().clone()
+    }
+
+    /// Run a command, once more on a fresh connection if the first attempt failed
+    /// on a dropped connection (the first command after a Redis restart does) and a
+    /// second run is harmless: `idempotent`, or the command cannot have been sent.
+    async fn with_retry<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T, BrokerError>
+    where
+        F: Fn(CmdConn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        match f(self.conn()).await {
+            Err(e) if retryable(&e, idempotent) => {
+                tracing::debug!(error = %e, "redis command failed on a dropped connection; retrying once");
+                let r = f(self.conn()).await;
+                self.record_health(r)
+            }
+            r => self.record_health(r),
+        }
+    }
+
+    /// Run `script` on `keys` (one slot) with `args`; see [`Commands::with_retry`].
+    pub(super) async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+        idempotent: bool,
+    ) -> Result<T, BrokerError> {
+        self.with_retry(idempotent, |mut cmd| async move {
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
+            for a in args {
+                inv.arg(a.as_slice());
+            }
+            inv.invoke_async(&mut cmd).await
+        })
+        .await
+    }
+
+    /// Run one command; see [`Commands::with_retry`].
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        c: &Cmd,
+        idempotent: bool,
+    ) -> Result<T, BrokerError> {
+        self.with_retry(idempotent, |mut cmd| async move {
+            c.query_async(&mut cmd).await
+        })
+        .await
+    }
+
+    /// Update the health flag from a command's result.
+    fn record_health<T>(&self, r: Result<T, redis::RedisError>) -> Result<T, BrokerError> {
+        match r {
+            Ok(v) => {
+                self.ok.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                {
+                    self.ok.store(false, Ordering::Relaxed);
+                }
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    /// PING the command connection and set the health flag. `failed_probes` counts
+    /// probes failed in a row.
+    pub(super) async fn probe_health(&self, failed_probes: &mut u32) {
+        let mut cmd = self.conn();
+        let r = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut cmd),
+        )
+        .await;
+        let ok = matches!(r, Ok(Ok(_)));
+        self.ok.store(ok, Ordering::Relaxed);
+        *failed_probes = if ok { 0 } else { *failed_probes + 1 };
+        // A connection that stopped answering without closing is replaced;
+        // one that closed reconnects by itself.
+        if *failed_probes >= 2 {
+            if let Ok(fresh) = connect_cmd(&self.target, self.timeout).await {
+                tracing::warn!("command connection unresponsive; replaced");
+                *self.cmd.lock() = fresh;
+                *failed_probes = 0;
+            }
+        }
+    }
+
+    /// Read `room`'s history; with `create_epoch`, a room without a stream gets its
+    /// position (offset 0, a fresh epoch) kept for `meta_ttl`.
+    pub(super) async fn read_history(
+        &self,
+        room: &str,
+        query: &HistoryQuery,
+        create_epoch: bool,
+        meta_ttl: Duration,
+    ) -> Result<HistoryPage, BrokerError> {
+        let since = query.since.clone().unwrap_or_default();
+        let count: i64 = match query.limit {
+            None => -1,
+            Some(n) => n.min(i64::MAX as usize) as i64,
+        };
+        let fresh_epoch = if create_epoch {
+            new_epoch()
+        } else {
+            String::new()
+        };
+        let args = args![
+            fresh_epoch,
+            meta_ttl.as_secs().max(1),
+            since.offset,
+            since.epoch,
+            count,
+            u8::from(query.reverse),
+            u8::from(query.since.is_some()),
+        ];
+        let keys = self.keys.history_keys(room);
+        let (top, epoch, ids, data): HistoryReply =
+            self.eval(&self.scripts.history, &keys, &args, true).await?;
+        let mut publications = Vec::with_capacity(ids.len());
+        for (id, body) in ids.iter().zip(data) {
+            let offset: u64 = id
+                .split('-')
+                .next()
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| BrokerError::Internal(format!("bad stream id {id}")))?;
+            let env = Envelope::decode(&body).map_err(|e| BrokerError::Internal(e.to_string()))?;
+            if let Some(p) = env
+                .to_publication(offset)
+                .map_err(|e| BrokerError::Internal(e.to_string()))?
+            {
+                publications.push(Arc::new(p));
+            }
+        }
+        Ok(HistoryPage {
+            publications,
+            position: StreamPosition { offset: top, epoch },
+        })
+    }
+}

@@ -1,0 +1,365 @@
+//! Ordered delivery: pub/sub messages are handed to per-room-ordered workers; a
+//! worker delivers in offset order and repairs gaps (an offset jump, a reconnect,
+//! a dropped message) from the stream, or reports the room lost. What to do is
+//! decided by the pure functions of [`super::position`]; this code reads history
+//! and acts on it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use shared::envelope::{ChannelMessage, Envelope, EnvelopeClientInfo};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::command::{backoff, Commands};
+use super::keys::{hash_index, CONTROL_ROOM};
+use super::position::{
+    advance, covers, plan_resync, resync_query, step, Positions, ResyncPlan, RoomPosition, Step,
+};
+use crate::broker::{BrokerHandler, HistoryQuery, NodeInfo, NodeRegistry, StreamPosition};
+
+/// Reads a resync retries (with backoff, about 15 s in all) while Redis is away.
+const RESYNC_ATTEMPTS: u32 = 8;
+
+/// An event for an ordered delivery worker.
+enum WorkerEvent {
+    Message {
+        room: Arc<str>,
+        payload: Bytes,
+    },
+    /// Read what may have been missed since the last delivered offset (after a
+    /// (re)subscribe or a dropped message).
+    Resync {
+        room: Arc<str>,
+    },
+    /// The room is no longer subscribed: forget its position.
+    Forget {
+        room: Arc<str>,
+    },
+}
+
+struct Worker {
+    tx: mpsc::Sender<WorkerEvent>,
+    /// Rooms whose messages were dropped because the queue was full.
+    overflowed: Mutex<HashSet<Arc<str>>>,
+    wake: tokio::sync::Notify,
+}
+
+/// The delivery workers and what they deliver to.
+pub(super) struct Delivery {
+    /// For history reads (repair, resync).
+    commands: Arc<Commands>,
+    workers: Vec<Worker>,
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
+    registry: NodeRegistry,
+    dropped: AtomicU64,
+    stop: CancellationToken,
+}
+
+impl Delivery {
+    /// Start `workers` workers, each with a queue of `queue` events.
+    pub(super) fn start(
+        commands: Arc<Commands>,
+        workers: usize,
+        queue: usize,
+        stop: CancellationToken,
+    ) -> Arc<Delivery> {
+        let mut worker_rx = Vec::new();
+        let workers = (0..workers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(queue.max(16));
+                worker_rx.push(rx);
+                Worker {
+                    tx,
+                    overflowed: Mutex::new(HashSet::new()),
+                    wake: tokio::sync::Notify::new(),
+                }
+            })
+            .collect();
+        let delivery = Arc::new(Delivery {
+            commands,
+            workers,
+            handler: OnceLock::new(),
+            registry: NodeRegistry::default(),
+            dropped: AtomicU64::new(0),
+            stop,
+        });
+        for (i, rx) in worker_rx.into_iter().enumerate() {
+            tokio::spawn(worker_loop(delivery.clone(), i, rx));
+        }
+        delivery
+    }
+
+    /// Register where events go; false if one was registered already.
+    pub(super) fn set_handler(&self, handler: Arc<dyn BrokerHandler>) -> bool {
+        self.handler.set(handler).is_ok()
+    }
+
+    fn handler(&self) -> Option<&Arc<dyn BrokerHandler>> {
+        self.handler.get()
+    }
+
+    /// Nodes heard from by heartbeat on the control room.
+    pub(super) fn nodes(&self) -> Vec<NodeInfo> {
+        self.registry.alive()
+    }
+
+    /// Messages dropped because a worker queue was full.
+    pub(super) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn worker(&self, room: &str) -> &Worker {
+        &self.workers[hash_index(room, self.workers.len())]
+    }
+
+    /// Route one pub/sub message to its room's worker without blocking.
+    pub(super) fn route_message(&self, channel: &str, payload: &[u8]) {
+        let Some(room) = self.commands.keys.room_of_channel(channel) else {
+            return;
+        };
+        let w = self.worker(room);
+        let room: Arc<str> = room.into();
+        let ev = WorkerEvent::Message {
+            room: room.clone(),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        if w.tx.try_send(ev).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            w.overflowed.lock().insert(room);
+            w.wake.notify_one();
+        }
+    }
+
+    /// Ask the room's worker to read what it may have missed.
+    pub(super) async fn request_resync(&self, room: Arc<str>) {
+        let w = self.worker(&room);
+        if w.tx.send(WorkerEvent::Resync { room }).await.is_err() {
+            tracing::debug!("worker gone");
+        }
+    }
+
+    /// Ask the room's worker to forget the room's position.
+    pub(super) async fn forget(&self, room: Arc<str>) {
+        let w = self.worker(&room);
+        let _ = w.tx.send(WorkerEvent::Forget { room }).await;
+    }
+
+    fn deliver_publication(&self, room: &str, env: &Envelope, offset: u64, epoch: &str) {
+        let Some(handler) = self.handler() else {
+            return;
+        };
+        match env.to_publication(offset) {
+            Ok(Some(p)) => handler.on_publication(room, &Arc::new(p), epoch),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%room, error = %e, "undecodable publication"),
+        }
+    }
+
+    /// Handle one pub/sub message of `room`: a join, leave or control is passed on;
+    /// a publication is delivered in offset order, after repairing a gap.
+    async fn handle_message(&self, positions: &mut Positions, room: &Arc<str>, payload: &[u8]) {
+        let Some(handler) = self.handler() else {
+            return;
+        };
+        let msg = match ChannelMessage::parse(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "bad channel message");
+                return;
+            }
+        };
+        let env = match Envelope::decode(msg.body) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "bad envelope");
+                return;
+            }
+        };
+        let info = |i: &EnvelopeClientInfo| i.to_client_info().ok();
+        match &env {
+            Envelope::Join(i) => {
+                if let Some(i) = info(i) {
+                    handler.on_join(room, &i);
+                }
+                return;
+            }
+            Envelope::Leave(i) => {
+                if let Some(i) = info(i) {
+                    handler.on_leave(room, &i);
+                }
+                return;
+            }
+            Envelope::Control(c) => {
+                if **room == *CONTROL_ROOM {
+                    self.registry.dispatch(c, Some(handler));
+                }
+                return;
+            }
+            Envelope::Publication { .. } => {}
+        }
+        if msg.offset == 0 {
+            self.deliver_publication(room, &env, 0, "");
+            return;
+        }
+        match step(positions.get(room), msg.offset, msg.epoch) {
+            Step::Skip => return,
+            Step::Deliver => {}
+            Step::Repair(after) => {
+                if !self
+                    .repair(positions, room, after, msg.offset - 1, msg.epoch)
+                    .await
+                {
+                    handler.on_lost(room);
+                }
+            }
+            Step::Lost => handler.on_lost(room),
+        }
+        advance(positions, room, msg.offset, msg.epoch);
+        self.deliver_publication(room, &env, msg.offset, msg.epoch);
+    }
+
+    /// Deliver `after+1 ..= upto` from the stream. False if the range is not all there.
+    async fn repair(
+        &self,
+        positions: &mut Positions,
+        room: &Arc<str>,
+        after: u64,
+        upto: u64,
+        epoch: &str,
+    ) -> bool {
+        let query = HistoryQuery {
+            since: Some(StreamPosition {
+                offset: after,
+                epoch: epoch.to_owned(),
+            }),
+            limit: Some((upto - after) as usize),
+            reverse: false,
+        };
+        let page = match self
+            .commands
+            .read_history(room, &query, false, Duration::ZERO)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "history read for repair failed");
+                return false;
+            }
+        };
+        if !covers(&page, after, upto, epoch) {
+            return false;
+        }
+        let handler = self.handler().expect("bug: delivering without a handler");
+        for p in &page.publications {
+            handler.on_publication(room, p, epoch);
+        }
+        advance(positions, room, upto, epoch);
+        true
+    }
+
+    /// After a (re)subscribe or a dropped message. A room without a position gets its
+    /// baseline (the stream top, or "no stream"). A room with one gets what the stream
+    /// holds beyond it, in order, or is reported lost.
+    async fn resync(&self, positions: &mut Positions, room: &Arc<str>) {
+        let known = positions.get(room).map(|p| (p.offset, p.epoch.clone()));
+        let query = resync_query(known.as_ref().map(|(after, _)| *after));
+        let mut attempt = 0u32;
+        let page = loop {
+            match self
+                .commands
+                .read_history(room, &query, false, Duration::ZERO)
+                .await
+            {
+                Ok(p) => break p,
+                Err(e) if attempt < RESYNC_ATTEMPTS => {
+                    tracing::debug!(%room, error = %e, "history read for resync failed; retrying");
+                    if !backoff(&self.stop, &mut attempt).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "history read for resync failed; room lost");
+                    if let Some(h) = self.handler() {
+                        h.on_lost(room);
+                    }
+                    positions.remove(room);
+                    return;
+                }
+            }
+        };
+        let Some(handler) = self.handler() else {
+            return;
+        };
+        let top = &page.position;
+        match plan_resync(known.as_ref().map(|(o, e)| (*o, &**e)), &page) {
+            ResyncPlan::Nothing => {}
+            ResyncPlan::Baseline => {
+                positions.insert(
+                    room.clone(),
+                    RoomPosition {
+                        offset: top.offset,
+                        epoch: top.epoch.as_str().into(),
+                        delivered: false,
+                    },
+                );
+            }
+            ResyncPlan::Gone => {
+                handler.on_lost(room);
+                positions.insert(
+                    room.clone(),
+                    RoomPosition {
+                        offset: 0,
+                        epoch: "".into(),
+                        delivered: false,
+                    },
+                );
+            }
+            ResyncPlan::Deliver(publications) => {
+                for p in publications {
+                    handler.on_publication(room, p, &top.epoch);
+                }
+                advance(positions, room, top.offset, &top.epoch);
+            }
+            ResyncPlan::Lost => {
+                handler.on_lost(room);
+                advance(positions, room, top.offset, &top.epoch);
+            }
+        }
+    }
+}
+
+async fn worker_loop(delivery: Arc<Delivery>, index: usize, mut rx: mpsc::Receiver<WorkerEvent>) {
+    let mut positions = Positions::new();
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => Some(ev),
+                None => return,
+            },
+            _ = delivery.workers[index].wake.notified() => None,
+            _ = delivery.stop.cancelled() => return,
+        };
+        if let Some(ev) = ev {
+            match ev {
+                WorkerEvent::Message { room, payload } => {
+                    delivery
+                        .handle_message(&mut positions, &room, &payload)
+                        .await
+                }
+                WorkerEvent::Resync { room } => delivery.resync(&mut positions, &room).await,
+                WorkerEvent::Forget { room } => {
+                    positions.remove(&room);
+                }
+            }
+        }
+        let overflowed: Vec<Arc<str>> = delivery.workers[index].overflowed.lock().drain().collect();
+        for room in overflowed {
+            delivery.resync(&mut positions, &room).await;
+        }
+    }
+}
