@@ -23,6 +23,13 @@ pub enum BrokerError {
     Internal(String),
 }
 
+/// A fresh random epoch for a stream that starts (or starts again): 8 alphanumeric
+/// characters, as Centrifugo's engines make them.
+pub(crate) fn new_epoch() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 8)
+}
+
 /// A room's history settings, taken from its namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryOptions {

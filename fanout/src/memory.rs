@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rand::distr::{Alphanumeric, SampleString};
 
 use crate::broker::{
-    Broker, BrokerError, BrokerHandler, ClientInfo, Control, HistoryOptions, HistoryPage,
-    HistoryQuery, NodeInfo, NodeRegistry, PresenceStats, Publication, StreamPosition,
+    new_epoch, Broker, BrokerError, BrokerHandler, ClientInfo, Control, HistoryOptions,
+    HistoryPage, HistoryQuery, NodeInfo, NodeRegistry, PresenceStats, Publication, StreamPosition,
 };
 
 const SHARDS: usize = 64;
@@ -52,10 +51,6 @@ impl Stream {
             epoch: self.epoch.to_string(),
         }
     }
-}
-
-fn new_epoch() -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), 8)
 }
 
 #[derive(Default)]

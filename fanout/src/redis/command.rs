@@ -14,8 +14,9 @@ use shared::envelope::Envelope;
 use tokio_util::sync::CancellationToken;
 
 use super::config::RedisConfig;
-use super::keys::{new_epoch, Keys};
+use super::keys::Keys;
 use super::scripts::{HistoryReply, Scripts};
+use crate::broker::new_epoch;
 use crate::broker::{BrokerError, HistoryPage, HistoryQuery, StreamPosition};
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> BrokerError {

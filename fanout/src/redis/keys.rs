@@ -1,21 +1,14 @@
 //! Names in Redis: the keys and channel of a room (all under the hash tag `{room}`,
-//! so that in a cluster they share one slot), the control room, epochs, and the
+//! so that in a cluster they share one slot), the control room, and the
 //! hash that spreads rooms over workers and pub/sub connections.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
-use rand::distr::{Alphanumeric, SampleString};
-
 /// The room whose channel carries node heartbeats and cluster-wide commands.
 /// Client publications there are ignored as control (they are not `Control`
 /// envelopes), so sharing the name with a client channel is harmless.
 pub(super) const CONTROL_ROOM: &str = ".control";
-
-/// A fresh stream epoch.
-pub(super) fn new_epoch() -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), 8)
-}
 
 /// Which of `n` (at least one) buckets `s` falls in.
 pub(super) fn hash_index(s: &str, n: usize) -> usize {

@@ -43,9 +43,10 @@ use tokio_util::sync::CancellationToken;
 use self::command::{args, Commands};
 pub use self::config::RedisConfig;
 use self::delivery::Delivery;
-use self::keys::{new_epoch, CONTROL_ROOM};
+use self::keys::CONTROL_ROOM;
 use self::presence::Presence;
 use self::pubsub::Subscriptions;
+use crate::broker::new_epoch;
 use crate::broker::{
     Broker, BrokerError, BrokerHandler, ClientInfo, Control, HistoryOptions, HistoryPage,
     HistoryQuery, NodeInfo, PresenceStats, Publication, StreamPosition,
