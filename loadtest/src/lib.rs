@@ -2,8 +2,10 @@
 //! Centrifugo JSON protocol, latency histograms, loss/duplicate/order checks, and a
 //! report (a table or one JSON object).
 //!
-//! - [`client`]: one protocol connection: open, connect and subscribe, publish,
-//!   read frames, answer pings.
+//! - [`client`]: one protocol connection: open (handshake), frame I/O (reader,
+//!   writer, serve), messages (split, decode), connect and subscribe.
+//! - [`stamp`]: the stamp every publication carries (publisher, sequence, send
+//!   time): writing it, its fast parse from a push, and the `--payload` bound.
 //! - [`check`]: per-stream sequence checks and per-room offset checks.
 //! - [`latency`]: sharded HDR histograms of latencies in microseconds.
 //! - [`fanout`]: the fanout scenario (rooms, subscribers, publishers at a rate) and
@@ -38,6 +40,7 @@ pub mod options;
 pub mod progress;
 pub mod report;
 pub mod soak;
+pub mod stamp;
 pub mod sys;
 
 pub use chat::ChatOptions;

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use tokio::time::{Instant, Interval};
+
 /// How often a scenario reports progress.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -45,3 +47,42 @@ impl fmt::Display for Progress {
 
 /// Where progress goes: a callback, called from the scenario's coordinating task.
 pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
+
+/// The progress side of a scenario's coordinator: a tick every [`PROGRESS_INTERVAL`]
+/// from its creation, and the caller's callback, if any.
+pub(crate) struct Ticker<'a> {
+    started: Instant,
+    progress: Option<ProgressFn<'a>>,
+    interval: Interval,
+}
+
+impl<'a> Ticker<'a> {
+    /// A ticker for a scenario that started at `started`.
+    pub(crate) fn new(started: Instant, progress: Option<ProgressFn<'a>>) -> Self {
+        Ticker {
+            started,
+            progress,
+            interval: tokio::time::interval_at(
+                Instant::now() + PROGRESS_INTERVAL,
+                PROGRESS_INTERVAL,
+            ),
+        }
+    }
+
+    /// Wait for the next tick.
+    pub(crate) async fn tick(&mut self) {
+        self.interval.tick().await;
+    }
+
+    /// Time since the scenario started.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Hand `p` to the caller.
+    pub(crate) fn emit(&self, p: &Progress) {
+        if let Some(f) = self.progress {
+            f(p);
+        }
+    }
+}

@@ -3,15 +3,16 @@
 //! sequence. Subscribers connect and subscribe first; publishing starts when all
 //! are in; at the end the run waits, bounded, for in-flight deliveries and reports.
 
+mod plan;
 mod publisher;
 mod receiver;
 mod report;
+mod state;
 
 use std::collections::HashSet;
-use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::bail;
 use parking_lot::Mutex;
@@ -20,16 +21,19 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::dial::{self, Dialer, Session};
+use crate::dial::{self, Dialer};
 use crate::latency::{LatencyRecorder, LatencyUs};
 use crate::options::{self, CommonOptions};
-use crate::progress::{Progress, ProgressFn, PROGRESS_INTERVAL};
+use crate::progress::{Progress, ProgressFn, Ticker};
 use crate::report::{Problems, Stopwatch};
+use crate::stamp::validate_payload;
 use crate::sys;
 
-pub(crate) use publisher::write_stamp;
-pub(crate) use receiver::{fast_publication, Stamp};
+use plan::Plan;
+use publisher::PublisherDone;
+use receiver::Receiver;
 pub use report::{FanoutParameters, FanoutReport};
+use state::{AnomalyKind, Counters, Ready, Run};
 
 /// Options of the `fanout` scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -73,203 +77,8 @@ impl Default for FanoutOptions {
     }
 }
 
-/// Largest `--payload`: the gateway's default inbound limit is 64 KiB per message,
-/// and the publish command wraps the data.
-const MAX_PAYLOAD_BYTES: usize = 60_000;
 /// The gateway's default subscriptions per connection.
 const MAX_ROOMS_PER_PUBLISHER: usize = 128;
-/// Anomalies kept for the report (they are all counted).
-const ANOMALY_SAMPLES: usize = 1000;
-
-/// Which publishers publish in which rooms, and the room names.
-#[derive(Debug)]
-pub(crate) struct Plan {
-    rooms: u32,
-    publishers: u32,
-    names: Vec<String>,
-}
-
-impl Plan {
-    fn new(rooms: u32, publishers: u32, names: Vec<String>) -> Plan {
-        Plan {
-            rooms,
-            publishers,
-            names,
-        }
-    }
-
-    /// The rooms publisher `p` publishes in (and subscribes to).
-    fn publisher_rooms(&self, p: u32) -> Vec<u32> {
-        if self.publishers >= self.rooms {
-            vec![p % self.rooms]
-        } else {
-            (p..self.rooms).step_by(self.publishers as usize).collect()
-        }
-    }
-
-    /// Publishers of room `r`.
-    fn publishers_in(&self, r: u32) -> usize {
-        if self.publishers >= self.rooms {
-            ((self.publishers - r).div_ceil(self.rooms)) as usize
-        } else {
-            1
-        }
-    }
-
-    /// Publisher `p`'s index among room `r`'s publishers, if it publishes there.
-    fn slot(&self, r: u32, p: u32) -> Option<usize> {
-        if p >= self.publishers || r >= self.rooms {
-            None
-        } else if self.publishers >= self.rooms {
-            (p % self.rooms == r).then_some((p / self.rooms) as usize)
-        } else {
-            (r % self.publishers == p).then_some(0)
-        }
-    }
-
-    /// The publisher at `slot` of room `r`.
-    fn publisher_at(&self, r: u32, slot: usize) -> u32 {
-        if self.publishers >= self.rooms {
-            r + slot as u32 * self.rooms
-        } else {
-            r % self.publishers
-        }
-    }
-}
-
-/// Counters read while the run goes on (progress, the drain wait).
-#[derive(Debug, Default)]
-struct Counters {
-    deliveries: AtomicU64,
-    publications: AtomicU64,
-    publish_errors: AtomicU64,
-}
-
-/// A delivery that broke an order rule, where it was seen.
-#[derive(Debug, Clone)]
-pub(crate) struct Anomaly {
-    conn: usize,
-    room: u32,
-    kind: AnomalyKind,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum AnomalyKind {
-    Gap { publisher: u32, from: u64, to: u64 },
-    Duplicate { publisher: u32, q: u64 },
-    Reordered { publisher: u32, q: u64, last: u64 },
-    Offset { offset: u64, prev: u64 },
-}
-
-impl fmt::Display for Anomaly {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (r, c) = (self.room, self.conn);
-        match self.kind {
-            AnomalyKind::Gap { publisher, from, to } if from == to => write!(
-                f,
-                "lost: room {r} publisher {publisher} sequence {from} (connection {c})"
-            ),
-            AnomalyKind::Gap { publisher, from, to } => write!(
-                f,
-                "lost: room {r} publisher {publisher} sequences {from}..={to} (connection {c})"
-            ),
-            AnomalyKind::Duplicate { publisher, q } => write!(
-                f,
-                "duplicated: room {r} publisher {publisher} sequence {q} (connection {c})"
-            ),
-            AnomalyKind::Reordered { publisher, q, last } => write!(
-                f,
-                "reordered: room {r} publisher {publisher} sequence {q} after {last} (connection {c})"
-            ),
-            AnomalyKind::Offset { offset, prev } => write!(
-                f,
-                "offset: room {r} offset {offset} after {prev} (connection {c})"
-            ),
-        }
-    }
-}
-
-/// What a connection task tells the coordinator once its session is set up.
-#[derive(Debug)]
-pub(crate) enum Ready {
-    Connected { rooms: Vec<u32>, publisher: bool },
-    Failed { error: String },
-}
-
-/// State shared by the coordinator and every connection task of one run.
-pub(crate) struct Run {
-    plan: Plan,
-    common: CommonOptions,
-    dialer: Dialer,
-    payload: usize,
-    rate_per_publisher: f64,
-    counters: Counters,
-    latency: LatencyRecorder,
-    anomalies: Mutex<Vec<Anomaly>>,
-    /// Ends every connection task.
-    cancel: CancellationToken,
-    /// Set once to the instant publishing starts.
-    go: watch::Receiver<Option<Instant>>,
-}
-
-impl Run {
-    /// Keep an anomaly for the report (the first [`ANOMALY_SAMPLES`]).
-    fn note(&self, a: Anomaly) {
-        let mut v = self.anomalies.lock();
-        if v.len() < ANOMALY_SAMPLES {
-            v.push(a);
-        }
-    }
-}
-
-/// Open connection `conn` subscribed to `rooms` (see [`Dialer::open_session`]) and
-/// tell the coordinator whether it worked; `None` when it did not.
-pub(crate) async fn open_session(
-    run: &Run,
-    conn: usize,
-    rooms: &[u32],
-    publisher: bool,
-    ready: tokio::sync::mpsc::Sender<Ready>,
-) -> Option<Session> {
-    let names: Vec<&str> = rooms
-        .iter()
-        .map(|&r| run.plan.names[r as usize].as_str())
-        .collect();
-    let (session, msg) = match run.dialer.open_session(conn, &names).await {
-        Ok(session) => (
-            Some(session),
-            Ready::Connected {
-                rooms: rooms.to_vec(),
-                publisher,
-            },
-        ),
-        Err(e) => (
-            None,
-            Ready::Failed {
-                error: e.to_string(),
-            },
-        ),
-    };
-    ready.send(msg).await.ok();
-    session
-}
-
-/// Wall-clock time in unix microseconds: publishers stamp it, receivers subtract it.
-pub(crate) fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// `--payload` fits the gateway's default message limit.
-pub(crate) fn validate_payload(payload: usize) -> anyhow::Result<()> {
-    if payload > MAX_PAYLOAD_BYTES {
-        bail!("--payload must be at most {MAX_PAYLOAD_BYTES} bytes (the gateway's message limit is 64 KiB by default)");
-    }
-    Ok(())
-}
-
 fn validate(common: &CommonOptions, opts: &FanoutOptions) -> anyhow::Result<()> {
     if opts.rooms == 0 || opts.publishers == 0 {
         bail!("--rooms and --publishers must be at least 1");
@@ -299,12 +108,51 @@ pub async fn run(
     progress: Option<ProgressFn<'_>>,
 ) -> anyhow::Result<FanoutReport> {
     let watch = Stopwatch::start();
-    let t0 = watch.started;
     validate(common, opts)?;
+    let (run, go) = prepare(common, opts).await?;
+    let Connections {
+        tasks,
+        mut ready,
+        mut done,
+    } = spawn_connections(&run, opts);
+    let mut monitor = Monitor::new(&run, watch.started, progress);
+    let mut problems = Problems::default();
+    let joined = wait_connected(opts, &mut ready, &mut monitor, &mut problems).await;
+    let connect_seconds = watch.started.elapsed().as_secs_f64();
+    let (publish_start, dones) = publish(
+        &run,
+        &go,
+        joined.publishers,
+        &mut done,
+        &mut monitor,
+        &mut problems,
+    )
+    .await;
+    let published = count_published(&run, opts, &dones, &mut problems);
+    let expected = published.expected(&joined.receivers_in);
+    let delivery_end = drain(&run, expected, &mut monitor).await;
+    let receivers = stop(&run, tasks, &mut problems).await;
+    let received = count_received(&run, &receivers, &published, &mut problems);
+    let counts = Counts {
+        connections: monitor.connections,
+        connect_errors: monitor.connect_errors,
+        connect_seconds,
+        window: delivery_end.duration_since(publish_start).as_secs_f64(),
+        published,
+        expected,
+        received,
+    };
+    Ok(build_report(common, opts, &watch, &run, counts, problems))
+}
+
+/// Resolve the gateways, check the open-file limit, and set up the state of the run;
+/// also returns the sender of the start signal.
+async fn prepare(
+    common: &CommonOptions,
+    opts: &FanoutOptions,
+) -> anyhow::Result<(Arc<Run>, watch::Sender<Option<Instant>>)> {
     let dialer = Dialer::new(common, common.connect_concurrency).await?;
-    let subscribers = opts.rooms as usize * opts.subscribers as usize;
-    let total = subscribers + opts.publishers as usize;
-    sys::ensure_nofile(total)?;
+    sys::ensure_nofile(connection_count(opts))?;
     let (go_tx, go_rx) = watch::channel(None);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let run = Arc::new(Run {
@@ -323,24 +171,35 @@ pub async fn run(
         cancel: CancellationToken::new(),
         go: go_rx,
     });
-    let snapshot = |phase, connections, connect_errors| Progress {
-        phase,
-        elapsed: t0.elapsed(),
-        connections,
-        connect_errors,
-        publications: run.counters.publications.load(Ordering::Relaxed),
-        deliveries: run.counters.deliveries.load(Ordering::Relaxed),
-    };
-    let emit = |p: Progress| {
-        if let Some(f) = progress {
-            f(&p);
-        }
-    };
+    Ok((run, go_tx))
+}
 
-    // Connect: subscribers first, then publishers; all tasks at once, the gate
-    // bounds the handshakes in progress.
-    let (ready_tx, mut ready_rx) = mpsc::channel(256);
-    let (done_tx, mut done_rx) = mpsc::channel(64);
+/// Pure subscribers of the run: every room's.
+fn subscriber_count(opts: &FanoutOptions) -> usize {
+    opts.rooms as usize * opts.subscribers as usize
+}
+
+/// Connections of the run: subscribers and publishers.
+fn connection_count(opts: &FanoutOptions) -> usize {
+    subscriber_count(opts) + opts.publishers as usize
+}
+
+/// The connection tasks of a run and what they report on.
+struct Connections {
+    /// Each returns what its connection received (`None` if it never connected).
+    tasks: JoinSet<Option<Receiver>>,
+    /// One message per task once its session is set up, or failed.
+    ready: mpsc::Receiver<Ready>,
+    /// One account per publisher once its publishing is over.
+    done: mpsc::Receiver<PublisherDone>,
+}
+
+/// Start every connection task: subscribers first, then publishers; all at once,
+/// the dialer's gate bounds the handshakes in progress.
+fn spawn_connections(run: &Arc<Run>, opts: &FanoutOptions) -> Connections {
+    let subscribers = subscriber_count(opts);
+    let (ready_tx, ready) = mpsc::channel(256);
+    let (done_tx, done) = mpsc::channel(64);
     let mut tasks = JoinSet::new();
     for i in 0..subscribers {
         let room = (i % opts.rooms as usize) as u32;
@@ -355,47 +214,107 @@ pub async fn run(
             done_tx.clone(),
         ));
     }
-    drop((ready_tx, done_tx));
+    Connections { tasks, ready, done }
+}
 
-    let mut problems = Problems::default();
-    let mut receivers_in = vec![0u64; opts.rooms as usize];
-    let (mut connections, mut connect_errors, mut publishers_up) = (0u64, 0u64, 0u64);
-    let mut tick = tokio::time::interval_at(Instant::now() + PROGRESS_INTERVAL, PROGRESS_INTERVAL);
+/// Progress while the run goes on, and the connections counted while connecting.
+struct Monitor<'a> {
+    run: &'a Run,
+    ticker: Ticker<'a>,
+    connections: u64,
+    connect_errors: u64,
+}
+
+impl<'a> Monitor<'a> {
+    fn new(run: &'a Run, t0: Instant, progress: Option<ProgressFn<'a>>) -> Self {
+        Monitor {
+            run,
+            ticker: Ticker::new(t0, progress),
+            connections: 0,
+            connect_errors: 0,
+        }
+    }
+
+    /// Hand the caller a snapshot of the run in `phase`.
+    fn emit(&self, phase: &'static str) {
+        let p = Progress {
+            phase,
+            elapsed: self.ticker.elapsed(),
+            connections: self.connections,
+            connect_errors: self.connect_errors,
+            publications: self.run.counters.publications.load(Ordering::Relaxed),
+            deliveries: self.run.counters.deliveries.load(Ordering::Relaxed),
+        };
+        self.ticker.emit(&p);
+    }
+}
+
+/// Who got in.
+struct Joined {
+    /// Publishers that set up their session.
+    publishers: u64,
+    /// Connections receiving each room (subscribers and publishers).
+    receivers_in: Vec<u64>,
+}
+
+/// Wait until every connection task has set up its session or failed to.
+async fn wait_connected(
+    opts: &FanoutOptions,
+    ready: &mut mpsc::Receiver<Ready>,
+    monitor: &mut Monitor<'_>,
+    problems: &mut Problems,
+) -> Joined {
+    let total = connection_count(opts) as u64;
+    let mut joined = Joined {
+        publishers: 0,
+        receivers_in: vec![0u64; opts.rooms as usize],
+    };
     // Bounded: every task reports within its two connect timeouts once through the gate.
-    while connections + connect_errors < total as u64 {
+    while monitor.connections + monitor.connect_errors < total {
         tokio::select! {
-            m = ready_rx.recv() => match m {
+            m = ready.recv() => match m {
                 Some(Ready::Connected { rooms, publisher }) => {
-                    connections += 1;
-                    publishers_up += u64::from(publisher);
+                    monitor.connections += 1;
+                    joined.publishers += u64::from(publisher);
                     for r in rooms {
-                        receivers_in[r as usize] += 1;
+                        joined.receivers_in[r as usize] += 1;
                     }
                 }
                 Some(Ready::Failed { error }) => {
-                    connect_errors += 1;
+                    monitor.connect_errors += 1;
                     problems.sample("connect", error);
                 }
                 None => break,
             },
-            _ = tick.tick() => emit(snapshot("connecting", connections, connect_errors)),
+            _ = monitor.ticker.tick() => monitor.emit("connecting"),
         }
     }
-    let connect_seconds = t0.elapsed().as_secs_f64();
+    joined
+}
 
-    // Publish, then collect every publisher's account.
+/// Give the start signal, then collect every connected publisher's account once
+/// its publishing is over, bounded by the duration, the drain timeout and a second.
+/// Returns the start and the accounts.
+async fn publish(
+    run: &Run,
+    go: &watch::Sender<Option<Instant>>,
+    publishers_up: u64,
+    done: &mut mpsc::Receiver<PublisherDone>,
+    monitor: &mut Monitor<'_>,
+    problems: &mut Problems,
+) -> (Instant, Vec<PublisherDone>) {
     let publish_start = Instant::now();
-    go_tx.send_replace(Some(publish_start));
+    go.send_replace(Some(publish_start));
     let mut dones = Vec::new();
     let done_deadline =
-        publish_start + common.duration + common.drain_timeout + Duration::from_secs(1);
+        publish_start + run.common.duration + run.common.drain_timeout + Duration::from_secs(1);
     while (dones.len() as u64) < publishers_up {
         tokio::select! {
-            d = done_rx.recv() => match d {
+            d = done.recv() => match d {
                 Some(d) => dones.push(d),
                 None => break,
             },
-            _ = tick.tick() => emit(snapshot("publishing", connections, connect_errors)),
+            _ = monitor.ticker.tick() => monitor.emit("publishing"),
             _ = tokio::time::sleep_until(done_deadline) => {
                 problems.push(format!(
                     "{} of {publishers_up} publishers did not finish in time",
@@ -405,22 +324,63 @@ pub async fn run(
             }
         }
     }
-    let mut acked: Vec<Vec<u64>> = (0..opts.rooms)
-        .map(|r| vec![0; run.plan.publishers_in(r)])
-        .collect();
-    let mut refused: HashSet<(u32, u32, u64)> = HashSet::new();
-    let (mut publish_errors, mut unanswered) = (0u64, 0u64);
-    for d in &dones {
+    (publish_start, dones)
+}
+
+/// What the publishers' accounts add up to.
+struct Published {
+    /// Publications the server acked, by room and publisher slot.
+    acked: Vec<Vec<u64>>,
+    /// (room, publisher, q) of the publications the server refused.
+    refused: HashSet<(u32, u32, u64)>,
+    errors: u64,
+    unanswered: u64,
+}
+
+impl Published {
+    /// Publications acked in all.
+    fn total(&self) -> u64 {
+        self.acked.iter().flatten().sum()
+    }
+
+    /// Deliveries due: each room's acked publications once per receiver of the room.
+    fn expected(&self, receivers_in: &[u64]) -> u64 {
+        self.acked
+            .iter()
+            .zip(receivers_in)
+            .map(|(a, &n)| a.iter().sum::<u64>() * n)
+            .sum()
+    }
+}
+
+/// Add up the publishers' accounts, and note their refusals and early stops.
+fn count_published(
+    run: &Run,
+    opts: &FanoutOptions,
+    dones: &[PublisherDone],
+    problems: &mut Problems,
+) -> Published {
+    let mut published = Published {
+        acked: (0..opts.rooms)
+            .map(|r| vec![0; run.plan.publishers_in(r)])
+            .collect(),
+        refused: HashSet::new(),
+        errors: 0,
+        unanswered: 0,
+    };
+    for d in dones {
         for (&r, &n) in d.rooms.iter().zip(&d.acked) {
             let slot = run
                 .plan
                 .slot(r, d.publisher)
                 .expect("bug: publisher in its own room");
-            acked[r as usize][slot] = n;
+            published.acked[r as usize][slot] = n;
         }
-        publish_errors += d.errors;
-        unanswered += d.unanswered;
-        refused.extend(d.refused.iter().map(|&(r, q)| (r, d.publisher, q)));
+        published.errors += d.errors;
+        published.unanswered += d.unanswered;
+        published
+            .refused
+            .extend(d.refused.iter().map(|&(r, q)| (r, d.publisher, q)));
         if let Some(e) = &d.first_error {
             problems.push(format!(
                 "publisher {}: the server refused {} publications (first: {e}){}",
@@ -437,60 +397,85 @@ pub async fn run(
             problems.push(format!("publisher {} stopped early: {e}", d.publisher));
         }
     }
-    if unanswered > 0 {
+    if published.unanswered > 0 {
         problems.push(format!(
-            "{unanswered} publications were never answered within the drain timeout"
+            "{} publications were never answered within the drain timeout",
+            published.unanswered
         ));
     }
-    let publications: u64 = acked.iter().flatten().sum();
-    let expected: u64 = acked
-        .iter()
-        .zip(&receivers_in)
-        .map(|(a, &n)| a.iter().sum::<u64>() * n)
-        .sum();
+    published
+}
 
-    // Wait, bounded, for what is still on its way.
-    let drain_deadline = Instant::now() + common.drain_timeout;
+/// Wait, bounded by the drain timeout, for what is still on its way; returns when
+/// the wait ended.
+async fn drain(run: &Run, expected: u64, monitor: &mut Monitor<'_>) -> Instant {
+    let drain_deadline = Instant::now() + run.common.drain_timeout;
     while run.counters.deliveries.load(Ordering::Relaxed) < expected
         && Instant::now() < drain_deadline
     {
         tokio::select! {
-            _ = tick.tick() => emit(snapshot("draining", connections, connect_errors)),
+            _ = monitor.ticker.tick() => monitor.emit("draining"),
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
-    let delivery_end = Instant::now();
-    run.cancel.cancel();
+    Instant::now()
+}
 
-    let receivers: Vec<_> = dial::join_tasks(tasks, &mut problems)
+/// End every connection task and collect what the connections received.
+async fn stop(
+    run: &Run,
+    tasks: JoinSet<Option<Receiver>>,
+    problems: &mut Problems,
+) -> Vec<Receiver> {
+    run.cancel.cancel();
+    dial::join_tasks(tasks, problems)
         .await
         .into_iter()
         .flatten()
-        .collect();
+        .collect()
+}
 
-    // Tally.
-    let (mut deliveries, mut lost, mut duplicated, mut reordered) = (0u64, 0u64, 0u64, 0u64);
-    let (mut offset_errors, mut unexpected, mut disconnects) = (0u64, 0u64, 0u64);
-    for rx in &receivers {
-        deliveries += rx.deliveries;
-        unexpected += rx.unexpected;
+/// What the receivers add up to.
+#[derive(Default)]
+struct Received {
+    deliveries: u64,
+    lost: u64,
+    duplicated: u64,
+    reordered: u64,
+    offset_errors: u64,
+    unexpected: u64,
+    disconnects: u64,
+}
+
+/// Add up what every connection received and check it against what was
+/// published; note disconnects, missing publications and order anomalies.
+fn count_received(
+    run: &Run,
+    receivers: &[Receiver],
+    published: &Published,
+    problems: &mut Problems,
+) -> Received {
+    let mut c = Received::default();
+    for rx in receivers {
+        c.deliveries += rx.deliveries;
+        c.unexpected += rx.unexpected;
         if let Some(why) = &rx.disconnected {
-            disconnects += 1;
+            c.disconnects += 1;
             problems.sample("disconnect", format!("connection {}: {why}", rx.conn));
         }
         for room in &rx.rooms {
-            offset_errors += room.offsets.errors;
+            c.offset_errors += room.offsets.errors;
             for (slot, s) in room.streams.iter().enumerate() {
-                let published = acked[room.room as usize][slot];
-                let l = s.lost(published);
-                lost += l;
-                duplicated += s.duplicated;
-                reordered += s.reordered;
+                let acked = published.acked[room.room as usize][slot];
+                let l = s.lost(acked);
+                c.lost += l;
+                c.duplicated += s.duplicated;
+                c.reordered += s.reordered;
                 if l > 0 && s.gaps < l {
                     problems.sample(
                         "missing",
                         format!(
-                            "lost: room {} publisher {}: connection {} got {} of {published} (highest sequence {})",
+                            "lost: room {} publisher {}: connection {} got {} of {acked} (highest sequence {})",
                             room.room,
                             run.plan.publisher_at(room.room, slot),
                             rx.conn,
@@ -510,32 +495,67 @@ pub async fn run(
             to,
         } = a.kind
         {
-            if (from..=to).all(|q| refused.contains(&(a.room, publisher, q))) {
+            if (from..=to).all(|q| published.refused.contains(&(a.room, publisher, q))) {
                 continue;
             }
         }
         problems.push(a.to_string());
     }
-    if unexpected > 0 {
+    if c.unexpected > 0 {
         problems.push(format!(
-            "{unexpected} messages were neither replies nor publications of this run"
+            "{} messages were neither replies nor publications of this run",
+            c.unexpected
         ));
     }
-    if deliveries < expected {
+    c
+}
+
+/// What a run counted, for its report.
+struct Counts {
+    connections: u64,
+    connect_errors: u64,
+    connect_seconds: f64,
+    /// Seconds from the start signal to the end of the drain.
+    window: f64,
+    published: Published,
+    expected: u64,
+    received: Received,
+}
+
+/// The verdict and the report.
+fn build_report(
+    common: &CommonOptions,
+    opts: &FanoutOptions,
+    watch: &Stopwatch,
+    run: &Run,
+    counts: Counts,
+    mut problems: Problems,
+) -> FanoutReport {
+    let Counts {
+        connections,
+        connect_errors,
+        connect_seconds,
+        window,
+        published,
+        expected,
+        received: r,
+    } = counts;
+    let publications = published.total();
+    if r.deliveries < expected {
         problems.push(format!(
             "{} of {expected} expected deliveries were not seen within the drain timeout",
-            expected - deliveries
+            expected - r.deliveries
         ));
     }
     if publications == 0 {
         problems.push("no publication was acked".into());
     }
-    let ok = lost + duplicated + reordered + offset_errors == 0
-        && deliveries >= expected
+    let ok = r.lost + r.duplicated + r.reordered + r.offset_errors == 0
+        && r.deliveries >= expected
         && publications > 0
-        && connect_errors + disconnects + publish_errors + unexpected + unanswered == 0;
-    let window = delivery_end.duration_since(publish_start).as_secs_f64();
-    Ok(FanoutReport {
+        && connect_errors + r.disconnects + published.errors + r.unexpected + published.unanswered
+            == 0;
+    FanoutReport {
         scenario: "fanout".into(),
         parameters: FanoutParameters {
             urls: common.url.clone(),
@@ -549,54 +569,24 @@ pub async fn run(
         },
         connections,
         connect_errors,
-        disconnects,
+        disconnects: r.disconnects,
         connect_seconds,
         publications,
-        publish_errors,
+        publish_errors: published.errors,
         publications_per_sec: publications as f64 / common.duration.as_secs_f64(),
-        deliveries,
+        deliveries: r.deliveries,
         expected_deliveries: expected,
         deliveries_per_sec: if window > 0.0 {
-            deliveries as f64 / window
+            r.deliveries as f64 / window
         } else {
             0.0
         },
         latency_us: LatencyUs::of(&run.latency.merged()),
-        lost,
-        duplicated,
-        reordered,
-        offset_errors,
-        unexpected_messages: unexpected,
+        lost: r.lost,
+        duplicated: r.duplicated,
+        reordered: r.reordered,
+        offset_errors: r.offset_errors,
+        unexpected_messages: r.unexpected,
         outcome: watch.outcome(ok, problems),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plan_assigns_every_publisher_and_room() {
-        for (rooms, publishers) in [(1, 1), (1, 3), (2, 5), (5, 2), (7, 3), (4, 4)] {
-            let plan = Plan::new(rooms, publishers, options::room_names("t", rooms));
-            let mut per_room = vec![0usize; rooms as usize];
-            for p in 0..publishers {
-                let rs = plan.publisher_rooms(p);
-                assert!(!rs.is_empty(), "publisher {p} has rooms");
-                for r in rs {
-                    let slot = plan.slot(r, p).expect("own room has a slot");
-                    assert_eq!(plan.publisher_at(r, slot), p);
-                    per_room[r as usize] += 1;
-                }
-            }
-            for r in 0..rooms {
-                assert_eq!(
-                    per_room[r as usize],
-                    plan.publishers_in(r),
-                    "{rooms}x{publishers} room {r}"
-                );
-                assert!(plan.publishers_in(r) >= 1);
-            }
-        }
     }
 }

@@ -3,7 +3,6 @@
 //! rate, and matches the server's acks. Its reader half also checks what it receives.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +14,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::receiver::Receiver;
-use super::{open_session, unix_micros, Ready, Run};
+use super::state::{open_session, Ready, Run};
 use crate::client::{ClientError, Inbound, Reply, Writer};
 use crate::dial::Session;
+use crate::stamp::{unix_micros, write_stamp};
 
 /// Publications sent and not yet acked, per publisher. Beyond it the publisher
 /// waits, so a stalled server shows as a publication rate below the target.
@@ -311,32 +311,5 @@ async fn publish(
             Some(o) = owed_rx.recv() => send_owed(writer, o).await?,
             _ = tokio::time::sleep_until(wake.min(end)) => {}
         }
-    }
-}
-
-/// Publication data: `{"s":<publisher>,"q":<seq>,"t":<unix µs>,"p":"xxx…"}`, padded so
-/// the whole is `payload` bytes (or its fields alone, when those are longer).
-pub(crate) fn write_stamp(buf: &mut Vec<u8>, s: u32, q: u64, t: u64, payload: usize) {
-    let start = buf.len();
-    write!(buf, "{{\"s\":{s},\"q\":{q},\"t\":{t},\"p\":\"").expect("bug: Vec write");
-    let used = buf.len() - start + 2;
-    buf.resize(buf.len() + payload.saturating_sub(used), b'x');
-    buf.extend_from_slice(b"\"}");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stamp_has_the_payload_size() {
-        let mut buf = Vec::new();
-        write_stamp(&mut buf, 3, 17, 1_700_000_000_000_000, 64);
-        assert_eq!(buf.len(), 64);
-        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
-        assert_eq!((v["s"].as_u64(), v["q"].as_u64()), (Some(3), Some(17)));
-        buf.clear();
-        write_stamp(&mut buf, 3, 17, 1, 1);
-        assert_eq!(buf, b"{\"s\":3,\"q\":17,\"t\":1,\"p\":\"\"}");
     }
 }

@@ -13,13 +13,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::schedule::{Rng, Schedule};
+use super::state::{Run, GONE, MAX_OFFLINE};
 use super::stream::{Seen, StreamCheck};
-use super::{Run, GONE, MAX_OFFLINE};
 use crate::client::{
     self, ClientError, Inbound, Position, Reader, Reply, SubscribeResult, Subscription, Writer,
 };
 use crate::dial::Session;
-use crate::fanout::{fast_publication, unix_micros, write_stamp, Stamp};
+use crate::stamp::{fast_publication, unix_micros, write_stamp, Stamp};
 
 /// Frames a session's reader hands over before it waits for the member.
 const EVENT_QUEUE: usize = 64;
@@ -55,73 +56,6 @@ pub(crate) struct Tally {
     pub acked: u64,
     pub publish_errors: u64,
     pub unanswered: u64,
-}
-
-/// When the member publishes and when it next drops its connection.
-struct Schedule {
-    start: Instant,
-    end: Instant,
-    period: Duration,
-    next_publish: Instant,
-    /// The reconnect interval the next disconnect falls in.
-    window: u32,
-    disconnect_at: Option<Instant>,
-}
-
-impl Schedule {
-    fn new(run: &Run, start: Instant, rng: &mut Rng) -> Schedule {
-        let period = Duration::from_secs_f64(1.0 / run.opts.rate);
-        let mut s = Schedule {
-            start,
-            end: start + run.common.duration,
-            period,
-            // Members start spread over one period, not in step.
-            next_publish: start + period.mul_f64(rng.unit()),
-            window: 0,
-            disconnect_at: None,
-        };
-        s.plan_disconnect(run.opts.reconnect_every, start, rng);
-        s
-    }
-
-    /// A random moment in the next interval not over by `now`; none past the end.
-    fn plan_disconnect(&mut self, every: Duration, now: Instant, rng: &mut Rng) {
-        while self.start + every * (self.window + 1) <= now {
-            self.window += 1;
-        }
-        let at = (self.start + every * self.window + every.mul_f64(rng.unit())).max(now);
-        self.window += 1;
-        self.disconnect_at = (at < self.end).then_some(at);
-    }
-
-    /// Move to the next publication due after `now`: those due while the member
-    /// was away are skipped, not sent in a burst.
-    fn published(&mut self, now: Instant) {
-        self.next_publish += self.period;
-        if self.next_publish < now {
-            let behind = now.duration_since(self.next_publish).as_secs_f64();
-            let periods = (behind / self.period.as_secs_f64()).ceil();
-            self.next_publish += self.period.mul_f64(periods);
-        }
-    }
-}
-
-/// SplitMix64: a member's random schedule, seeded per run and member.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// What a session's reader hands the member.

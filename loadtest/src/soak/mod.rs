@@ -6,7 +6,10 @@
 //! says it cannot recover (`recovered:false`).
 
 mod member;
+mod options;
 mod report;
+mod schedule;
+mod state;
 mod stream;
 
 use std::hash::{BuildHasher, Hasher};
@@ -24,110 +27,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::dial::{self, Dialer};
 use crate::latency::{LatencyRecorder, LatencyUs};
-use crate::options::{self, CommonOptions};
-use crate::progress::{Progress, ProgressFn, PROGRESS_INTERVAL};
+use crate::options::CommonOptions;
+use crate::progress::{Progress, ProgressFn, Ticker};
 use crate::report::{Problems, Stopwatch};
+use crate::stamp::validate_payload;
 use crate::sys;
 
+use member::Tally;
+pub use options::SoakOptions;
 pub use report::{SoakCounts, SoakParameters, SoakReport};
-
-/// Options of the `soak` scenario.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SoakOptions {
-    /// Rooms. Default 50.
-    #[arg(long, hide_default_value = true, default_value_t = 50)]
-    pub rooms: u32,
-    /// Members per room; each is one connection that subscribes (recoverable),
-    /// publishes in its room and reconnects. Default 20.
-    #[arg(long, hide_default_value = true, default_value_t = 20)]
-    pub members: u32,
-    /// Publications per second of each member. Default 0.5.
-    #[arg(long, hide_default_value = true, default_value_t = 0.5)]
-    pub rate: f64,
-    /// Each member disconnects once in every such interval, at a random moment
-    /// within it, stays away up to 500 ms, and reconnects to the next URL with
-    /// recovery (humantime: 20s, 1m). Default 20s.
-    #[arg(long, hide_default_value = true, default_value = "20s", value_parser = humantime::parse_duration)]
-    pub reconnect_every: Duration,
-    /// Bytes of each publication's data (as for fanout). Default 64.
-    #[arg(long, hide_default_value = true, default_value_t = 64)]
-    pub payload: usize,
-    /// Room names are `<prefix>-<run id>-<n>`; the rooms need history (the
-    /// gateway's default for top-level channels). Default `soak`.
-    #[arg(long, hide_default_value = true, default_value = "soak")]
-    pub room_prefix: String,
-    /// Also fail on recovery failures (`recovered:false`), unplanned disconnects,
-    /// failed reconnects and unanswered publications; without it they are only
-    /// reported.
-    #[arg(long)]
-    pub strict: bool,
-}
-
-impl Default for SoakOptions {
-    fn default() -> Self {
-        SoakOptions {
-            rooms: 50,
-            members: 20,
-            rate: 0.5,
-            reconnect_every: Duration::from_secs(20),
-            payload: 64,
-            room_prefix: "soak".into(),
-            strict: false,
-        }
-    }
-}
-
-/// Longest a member stays away after a planned disconnect (a random time up to
-/// this), so that recovery has publications to return.
-const MAX_OFFLINE: Duration = Duration::from_millis(500);
-/// Position of a member that is out of the run (it never connected).
-const GONE: u64 = u64::MAX;
-
-/// Counters read while the run goes on (progress, the drain wait).
-#[derive(Debug, Default)]
-struct Counters {
-    /// Members connected now.
-    connected: AtomicU64,
-    connect_errors: AtomicU64,
-    publications: AtomicU64,
-    deliveries: AtomicU64,
-    /// Publications sent and not yet answered or given up on.
-    in_flight: AtomicU64,
-}
-
-/// State shared by the coordinator and every member task of one run.
-pub(crate) struct Run {
-    opts: SoakOptions,
-    common: CommonOptions,
-    dialer: Dialer,
-    names: Vec<String>,
-    counters: Counters,
-    /// Publications the server acked, per room.
-    room_acked: Vec<AtomicU64>,
-    /// Each member's position (the last offset it saw), for the drain wait.
-    positions: Vec<AtomicU64>,
-    /// Latencies of live deliveries (recovered ones are as old as the absence).
-    latency: LatencyRecorder,
-    problems: Mutex<Problems>,
-    /// Ends every member task.
-    cancel: CancellationToken,
-    /// Set once to the instant publishing starts.
-    go: watch::Receiver<Option<Instant>>,
-    /// The reading half of every session.
-    readers: TaskTracker,
-    /// Seeds each member's random schedule.
-    seed: u64,
-}
-
-impl Run {
-    fn note(&self, kind: &'static str, line: String) {
-        self.problems.lock().sample(kind, line);
-    }
-
-    fn room_of(&self, member: usize) -> usize {
-        member / self.opts.members as usize
-    }
-}
+use state::{Counters, Run};
 
 fn validate(common: &CommonOptions, opts: &SoakOptions) -> anyhow::Result<()> {
     if opts.rooms == 0 || opts.members == 0 {
@@ -139,7 +48,7 @@ fn validate(common: &CommonOptions, opts: &SoakOptions) -> anyhow::Result<()> {
     if opts.reconnect_every.is_zero() {
         bail!("--reconnect-every must be more than 0");
     }
-    crate::fanout::validate_payload(opts.payload)?;
+    validate_payload(opts.payload)?;
     if common.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
@@ -155,8 +64,33 @@ pub async fn run(
     progress: Option<ProgressFn<'_>>,
 ) -> anyhow::Result<SoakReport> {
     let watch = Stopwatch::start();
-    let t0 = watch.started;
     validate(common, opts)?;
+    let (run, go) = prepare(common, opts).await?;
+    let (tasks, mut ready) = spawn_members(&run);
+    let mut monitor = Monitor::new(&run, watch.started, progress);
+    let (connected, connect_errors) = wait_connected(&run, &mut ready, &mut monitor).await;
+    let connect_seconds = watch.started.elapsed().as_secs_f64();
+    let start = publish(common, &go, &mut monitor).await;
+    let delivery_end = drain(&run, &mut monitor).await;
+    let (tallies, mut problems) = stop(&run, tasks).await;
+    let counts = tally(&run, &tallies, &mut problems);
+    let measured = Measured {
+        connected,
+        connect_errors,
+        connect_seconds,
+        window: delivery_end.duration_since(start).as_secs_f64(),
+    };
+    Ok(build_report(
+        common, opts, &watch, &run, measured, counts, problems,
+    ))
+}
+
+/// Resolve the gateways, check the open-file limit, and set up the state of the run;
+/// also returns the sender of the start signal.
+async fn prepare(
+    common: &CommonOptions,
+    opts: &SoakOptions,
+) -> anyhow::Result<(Arc<Run>, watch::Sender<Option<Instant>>)> {
     let dialer = Dialer::new(common, common.connect_concurrency).await?;
     let total = opts.rooms as usize * opts.members as usize;
     sys::ensure_nofile(total)?;
@@ -166,7 +100,7 @@ pub async fn run(
         opts: opts.clone(),
         common: common.clone(),
         dialer,
-        names: options::room_names(&opts.room_prefix, opts.rooms),
+        names: crate::options::room_names(&opts.room_prefix, opts.rooms),
         counters: Counters::default(),
         room_acked: (0..opts.rooms).map(|_| AtomicU64::new(0)).collect(),
         positions: (0..total).map(|_| AtomicU64::new(0)).collect(),
@@ -179,34 +113,62 @@ pub async fn run(
             .build_hasher()
             .finish(),
     });
-    let snapshot = |phase| Progress {
-        phase,
-        elapsed: t0.elapsed(),
-        connections: run.counters.connected.load(Ordering::Relaxed),
-        connect_errors: run.counters.connect_errors.load(Ordering::Relaxed),
-        publications: run.counters.publications.load(Ordering::Relaxed),
-        deliveries: run.counters.deliveries.load(Ordering::Relaxed),
-    };
-    let emit = |p: Progress| {
-        if let Some(f) = progress {
-            f(&p);
-        }
-    };
+    Ok((run, go_tx))
+}
 
-    // Connect every member; the dialer bounds the handshakes in progress.
-    let (ready_tx, mut ready_rx) = mpsc::channel(256);
+/// Start every member task; the dialer bounds the handshakes in progress. Each
+/// reports once on the returned channel whether it joined.
+fn spawn_members(run: &Arc<Run>) -> (JoinSet<Option<Tally>>, mpsc::Receiver<Result<(), String>>) {
+    let (ready_tx, ready) = mpsc::channel(256);
     let mut tasks = JoinSet::new();
-    for m in 0..total {
+    for m in 0..run.positions.len() {
         tasks.spawn(member::member(run.clone(), m, ready_tx.clone()));
     }
-    drop(ready_tx);
+    (tasks, ready)
+}
+
+/// Progress while the run goes on: snapshots of the run's counters.
+struct Monitor<'a> {
+    run: &'a Run,
+    ticker: Ticker<'a>,
+}
+
+impl<'a> Monitor<'a> {
+    fn new(run: &'a Run, t0: Instant, progress: Option<ProgressFn<'a>>) -> Self {
+        Monitor {
+            run,
+            ticker: Ticker::new(t0, progress),
+        }
+    }
+
+    /// Hand the caller a snapshot of the run in `phase`.
+    fn emit(&self, phase: &'static str) {
+        let counters = &self.run.counters;
+        let p = Progress {
+            phase,
+            elapsed: self.ticker.elapsed(),
+            connections: counters.connected.load(Ordering::Relaxed),
+            connect_errors: counters.connect_errors.load(Ordering::Relaxed),
+            publications: counters.publications.load(Ordering::Relaxed),
+            deliveries: counters.deliveries.load(Ordering::Relaxed),
+        };
+        self.ticker.emit(&p);
+    }
+}
+
+/// Wait until every member has joined or failed to; returns how many of each.
+async fn wait_connected(
+    run: &Run,
+    ready: &mut mpsc::Receiver<Result<(), String>>,
+    monitor: &mut Monitor<'_>,
+) -> (u64, u64) {
+    let total = run.positions.len() as u64;
     let (mut connected, mut connect_errors) = (0u64, 0u64);
-    let mut tick = tokio::time::interval_at(Instant::now() + PROGRESS_INTERVAL, PROGRESS_INTERVAL);
     // Bounded: every member reports within its two connect timeouts once through
     // the dialer's gate.
-    while connected + connect_errors < total as u64 {
+    while connected + connect_errors < total {
         tokio::select! {
-            m = ready_rx.recv() => match m {
+            m = ready.recv() => match m {
                 Some(Ok(())) => connected += 1,
                 Some(Err(e)) => {
                     connect_errors += 1;
@@ -214,35 +176,50 @@ pub async fn run(
                 }
                 None => break,
             },
-            _ = tick.tick() => emit(snapshot("connecting")),
+            _ = monitor.ticker.tick() => monitor.emit("connecting"),
         }
     }
-    let connect_seconds = t0.elapsed().as_secs_f64();
+    (connected, connect_errors)
+}
 
-    // Publish and reconnect for the duration.
+/// Give the start signal and let the members publish and reconnect for the
+/// duration; returns the start.
+async fn publish(
+    common: &CommonOptions,
+    go: &watch::Sender<Option<Instant>>,
+    monitor: &mut Monitor<'_>,
+) -> Instant {
     let start = Instant::now();
-    go_tx.send_replace(Some(start));
+    go.send_replace(Some(start));
     let end = start + common.duration;
     while Instant::now() < end {
         tokio::select! {
-            _ = tick.tick() => emit(snapshot("running")),
+            _ = monitor.ticker.tick() => monitor.emit("running"),
             _ = tokio::time::sleep_until(end) => {}
         }
     }
+    start
+}
 
-    // Wait, bounded, for the last acks and for every member to reach its room's top.
-    let drain_deadline = Instant::now() + common.drain_timeout;
-    while !caught_up(&run) && Instant::now() < drain_deadline {
+/// Wait, bounded by the drain timeout, for the last acks and for every member to
+/// reach its room's top; returns when the wait ended.
+async fn drain(run: &Run, monitor: &mut Monitor<'_>) -> Instant {
+    let drain_deadline = Instant::now() + run.common.drain_timeout;
+    while !caught_up(run) && Instant::now() < drain_deadline {
         tokio::select! {
-            _ = tick.tick() => emit(snapshot("draining")),
+            _ = monitor.ticker.tick() => monitor.emit("draining"),
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
-    let delivery_end = Instant::now();
-    run.cancel.cancel();
+    Instant::now()
+}
 
+/// End every member task, collect their tallies and wait, bounded, for the session
+/// readers; returns the tallies and every problem noted.
+async fn stop(run: &Run, tasks: JoinSet<Option<Tally>>) -> (Vec<Tally>, Problems) {
+    run.cancel.cancel();
     let mut stopping = Problems::default();
-    let tallies: Vec<member::Tally> = dial::join_tasks(tasks, &mut stopping)
+    let tallies: Vec<Tally> = dial::join_tasks(tasks, &mut stopping)
         .await
         .into_iter()
         .flatten()
@@ -259,8 +236,29 @@ pub async fn run(
     for line in stopping.finish() {
         problems.push(line);
     }
+    (tallies, problems)
+}
 
-    let c = tally(&run, &tallies, &mut problems);
+/// What the coordinator measured itself: how the members joined, and the window
+/// of deliveries.
+struct Measured {
+    connected: u64,
+    connect_errors: u64,
+    connect_seconds: f64,
+    /// Seconds from the start signal to the end of the drain.
+    window: f64,
+}
+
+/// The verdict and the report.
+fn build_report(
+    common: &CommonOptions,
+    opts: &SoakOptions,
+    watch: &Stopwatch,
+    run: &Run,
+    measured: Measured,
+    c: SoakCounts,
+    mut problems: Problems,
+) -> SoakReport {
     if c.publications == 0 {
         problems.push("no publication was acked".into());
     }
@@ -270,14 +268,13 @@ pub async fn run(
         + c.unexpected_messages
         + c.epoch_mismatches
         + c.publish_errors
-        + connect_errors;
+        + measured.connect_errors;
     let strict_failures = c.recovery_failed + c.disconnects + c.reconnect_errors + c.unanswered;
     let ok = failures == 0
         && c.publications > 0
         && c.deliveries > 0
         && !(opts.strict && strict_failures > 0);
-    let window = delivery_end.duration_since(start).as_secs_f64();
-    Ok(SoakReport {
+    SoakReport {
         scenario: "soak".into(),
         parameters: SoakParameters {
             urls: common.url.clone(),
@@ -289,19 +286,19 @@ pub async fn run(
             duration_seconds: common.duration.as_secs_f64(),
             strict: opts.strict,
         },
-        connections: connected,
-        connect_errors,
-        connect_seconds,
+        connections: measured.connected,
+        connect_errors: measured.connect_errors,
+        connect_seconds: measured.connect_seconds,
         publications_per_sec: c.publications as f64 / common.duration.as_secs_f64(),
-        deliveries_per_sec: if window > 0.0 {
-            c.deliveries as f64 / window
+        deliveries_per_sec: if measured.window > 0.0 {
+            c.deliveries as f64 / measured.window
         } else {
             0.0
         },
         latency_us: LatencyUs::of(&run.latency.merged()),
         counts: c,
         outcome: watch.outcome(ok, problems),
-    })
+    }
 }
 
 /// Whether nothing is in flight and every member that is in the run has reached the
@@ -316,7 +313,7 @@ fn caught_up(run: &Run) -> bool {
 
 /// Add up the members' tallies and check each member's end position against its
 /// room's: the publications it never got at the end are lost too.
-fn tally(run: &Run, tallies: &[member::Tally], problems: &mut Problems) -> SoakCounts {
+fn tally(run: &Run, tallies: &[Tally], problems: &mut Problems) -> SoakCounts {
     let mut r = SoakCounts::default();
     for t in tallies {
         r.reconnects += t.reconnects;
@@ -340,7 +337,7 @@ fn tally(run: &Run, tallies: &[member::Tally], problems: &mut Problems) -> SoakC
     // another epoch than most of their room (the room's history was lost and they
     // were not told) are counted apart.
     for room in 0..run.opts.rooms as usize {
-        let members: Vec<&member::Tally> = tallies.iter().filter(|t| t.room == room).collect();
+        let members: Vec<&Tally> = tallies.iter().filter(|t| t.room == room).collect();
         let Some(epoch) = majority_epoch(&members) else {
             continue;
         };
@@ -386,7 +383,7 @@ fn tally(run: &Run, tallies: &[member::Tally], problems: &mut Problems) -> SoakC
 }
 
 /// The epoch most members of a room ended on.
-fn majority_epoch(members: &[&member::Tally]) -> Option<String> {
+fn majority_epoch(members: &[&Tally]) -> Option<String> {
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for t in members {
         match counts.iter_mut().find(|(e, _)| *e == t.check.epoch) {

@@ -4,7 +4,7 @@
 
 use crate::check::{SeqCheck, SeqEvent};
 use crate::client::Position;
-use crate::fanout::Stamp;
+use crate::stamp::Stamp;
 
 /// What one publication meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
