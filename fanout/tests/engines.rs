@@ -645,6 +645,8 @@ async fn control_behaviour(
         user: "42".into(),
         code: 3503,
         reason: "bye".into(),
+        client: String::new(),
+        whitelist: Vec::new(),
     };
     a.publish_control(&bye).await.unwrap();
     for rec in [&rec_a, &rec_b] {

@@ -22,6 +22,7 @@ use shared::protocol::{self, ClientInfo, Publication};
 
 use crate::metrics::Metrics;
 use crate::outbound::{Close, Item, Outbound};
+use crate::survey::{Query, Surveys};
 
 const SHARDS: usize = 64;
 
@@ -104,11 +105,11 @@ impl Subscriber {
     fn gap(&self, s: &mut DeliveryState) {
         s.broken = true;
         s.pending = Vec::new();
-        self.unsubscribe(UNSUBSCRIBE_INSUFFICIENT_STATE);
+        self.unsubscribe(&UNSUBSCRIBE_INSUFFICIENT_STATE);
     }
 
     /// Ask the connection to end this subscription with `code`.
-    pub(crate) fn unsubscribe(&self, code: UnsubscribeCode) {
+    pub(crate) fn unsubscribe(&self, code: &'static UnsubscribeCode) {
         self.out.push_item(Item::Unsubscribe {
             channel: self.channel.clone(),
             sub_id: self.id,
@@ -183,6 +184,9 @@ impl Subscriber {
 }
 
 type Snapshot = Arc<Vec<Arc<Subscriber>>>;
+
+/// One connection of a user: its client id and mailbox.
+type UserConn = (Arc<str>, Arc<Outbound>);
 type RoomShard = Mutex<HashMap<Arc<str>, Snapshot>>;
 
 /// Rooms and their local subscribers.
@@ -191,18 +195,21 @@ pub struct Hub {
     /// Rooms that lost their last local subscriber, and when: unsubscribed from the
     /// broker after a delay if still empty, so that churn does not thrash Redis.
     emptied: Mutex<HashMap<Arc<str>, Instant>>,
-    /// Connections (their mailboxes) by user, for cluster-wide commands
-    /// (disconnect, unsubscribe).
-    users: Mutex<HashMap<Arc<str>, Vec<Arc<Outbound>>>>,
+    /// Connections (client id and mailbox) by user, for cluster-wide commands
+    /// (disconnect, unsubscribe, subscribe, refresh).
+    users: Mutex<HashMap<Arc<str>, Vec<UserConn>>>,
+    /// Where channel surveys (queries and answers) go.
+    surveys: Arc<Surveys>,
     metrics: Arc<Metrics>,
 }
 
 impl Hub {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, surveys: Arc<Surveys>) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             emptied: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
+            surveys,
             metrics,
         }
     }
@@ -269,18 +276,18 @@ impl Hub {
         due.into_iter().filter(|r| !self.has_room(r)).collect()
     }
 
-    pub(crate) fn add_user(&self, user: &str, mailbox: Arc<Outbound>) {
+    pub(crate) fn add_user(&self, user: &str, client: &Arc<str>, mailbox: Arc<Outbound>) {
         self.users
             .lock()
             .entry(user.into())
             .or_default()
-            .push(mailbox);
+            .push((client.clone(), mailbox));
     }
 
     pub(crate) fn remove_user(&self, user: &str, mailbox: &Arc<Outbound>) {
         let mut users = self.users.lock();
         if let Some(list) = users.get_mut(user) {
-            list.retain(|c| !Arc::ptr_eq(c, mailbox));
+            list.retain(|(_, c)| !Arc::ptr_eq(c, mailbox));
             if list.is_empty() {
                 users.remove(user);
             }
@@ -292,8 +299,32 @@ impl Hub {
         self.users.lock().len()
     }
 
-    fn user_mailboxes(&self, user: &str) -> Vec<Arc<Outbound>> {
-        self.users.lock().get(user).cloned().unwrap_or_default()
+    /// The mailboxes of `user`'s connections on this node; only connection
+    /// `client` when it is not empty.
+    fn user_mailboxes(&self, user: &str, client: &str) -> Vec<UserConn> {
+        let users = self.users.lock();
+        let Some(list) = users.get(user) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter(|(c, _)| client.is_empty() || **c == *client)
+            .cloned()
+            .collect()
+    }
+
+    /// Rooms with local subscribers whose name `keep` accepts, with their
+    /// subscriber counts.
+    pub(crate) fn rooms(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (room, subs) in shard.iter() {
+                if keep(room) {
+                    out.push((room.to_string(), subs.len() as u32));
+                }
+            }
+        }
+        out
     }
 
     /// Whether `room` has local subscribers.
@@ -351,16 +382,54 @@ impl BrokerHandler for Hub {
 
     fn on_control(&self, control: &Control) {
         match control {
-            Control::Disconnect { user, code, reason } => {
-                for mailbox in self.user_mailboxes(user) {
-                    mailbox.close(Close {
-                        code: *code,
-                        reason: reason.clone().into(),
-                    });
+            Control::Disconnect {
+                user,
+                code,
+                reason,
+                client,
+                whitelist,
+            } => {
+                for (c, mailbox) in self.user_mailboxes(user, client) {
+                    if !whitelist.iter().any(|w| **w == *c) {
+                        mailbox.close(Close {
+                            code: *code,
+                            reason: reason.clone().into(),
+                        });
+                    }
                 }
             }
-            Control::Unsubscribe { user, channel } => {
-                let mailboxes = self.user_mailboxes(user);
+            Control::Subscribe(cmd) => {
+                let mailboxes = self.user_mailboxes(&cmd.user, &cmd.client);
+                if !mailboxes.is_empty() {
+                    let cmd = Arc::new((**cmd).clone());
+                    for (_, m) in mailboxes {
+                        m.push_item(Item::Subscribe(cmd.clone()));
+                    }
+                }
+            }
+            Control::Refresh(cmd) => {
+                let mailboxes = self.user_mailboxes(&cmd.user, &cmd.client);
+                if !mailboxes.is_empty() {
+                    let cmd = Arc::new(cmd.clone());
+                    for (_, m) in mailboxes {
+                        m.push_item(Item::Refresh(cmd.clone()));
+                    }
+                }
+            }
+            Control::ChannelsQuery { id, from, pattern } => self.surveys.on_query(Query {
+                id: *id,
+                from: from.clone(),
+                pattern: pattern.clone(),
+            }),
+            Control::ChannelsReply { id, to, channels } => {
+                self.surveys.on_answer(*id, to, channels.clone())
+            }
+            Control::Unsubscribe {
+                user,
+                channel,
+                client,
+            } => {
+                let mailboxes = self.user_mailboxes(user, client);
                 if mailboxes.is_empty() {
                     return;
                 }
@@ -368,8 +437,8 @@ impl BrokerHandler for Hub {
                     return;
                 };
                 for s in subs.iter() {
-                    if mailboxes.iter().any(|m| Arc::ptr_eq(m, &s.out)) {
-                        s.unsubscribe(UNSUBSCRIBE_SERVER);
+                    if mailboxes.iter().any(|(_, m)| Arc::ptr_eq(m, &s.out)) {
+                        s.unsubscribe(&UNSUBSCRIBE_SERVER);
                     }
                 }
             }

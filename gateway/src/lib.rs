@@ -4,15 +4,20 @@
 //!
 //! Modules, in the order they import one another (each uses only those below it):
 //! - `server`: the HTTP server, WebSocket upgrade, health endpoints, drain.
+//! - `api`: the server HTTP API (`/api/<method>`), a file per method family.
 //! - `ws`: the one task of a WebSocket: reads, commands, writes, timers.
 //! - `frame`: the WebSocket frame reader (no buffer while a connection is idle).
 //! - `conn`: one connection's session and its commands, a file per family.
-//! - `node`: shared state of one node: broker, hub, verifier, shutdown.
+//! - `node`: shared state of one node: broker, hub, verifier, proxy, shutdown;
+//!   its background loops (heartbeat, idle rooms, channel surveys).
+//! - `proxy`: calls to the application backend (connect, subscribe, publish, ...).
 //! - `hub`: rooms to local subscribers; where broker events fan out.
+//! - `survey`: channel surveys across nodes (for the `channels` API).
 //! - `outbound`: a connection's mailbox, its bounded outbound queue.
 //! - [`config`]: the node's configuration (TOML file, environment overrides).
 //! - `metrics`: node counters.
 
+mod api;
 pub mod config;
 mod conn;
 mod frame;
@@ -20,11 +25,13 @@ mod hub;
 mod metrics;
 mod node;
 mod outbound;
+mod proxy;
 mod server;
+mod survey;
 mod ws;
 
 pub use config::Config;
 pub use hub::Hub;
 pub use metrics::{Counter, Gauge, Metrics};
 pub use node::{Node, NodeError};
-pub use server::{run, WEBSOCKET_PATH};
+pub use server::{run, run_with, WEBSOCKET_PATH};

@@ -110,6 +110,13 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         let addr = config.listen_addr()?;
         let listener = bind(addr).with_context(|| format!("bind {addr}"))?;
         let local = listener.local_addr()?;
+        let api = match &config.api.listen {
+            Some(a) => {
+                let a: std::net::SocketAddr = a.parse().context("api.listen")?;
+                Some(bind(a).with_context(|| format!("bind api.listen {a}"))?)
+            }
+            None => None,
+        };
         let broker: Arc<dyn fanout::Broker> = match config.redis_config() {
             Some(rc) => {
                 // Never log credentials: only what follows an `@`.
@@ -127,6 +134,11 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         };
         let node: Arc<Node> = Node::new(config, broker)?;
         tracing::info!("clients connect to ws://{local}{}", gateway::WEBSOCKET_PATH);
+        match (&node.config.api_key, &api) {
+            (None, _) => tracing::info!("server API off: set GATEWAY_API_KEY to enable it"),
+            (Some(_), Some(l)) => tracing::info!("server API on http://{}/api", l.local_addr()?),
+            (Some(_), None) => tracing::info!("server API on http://{local}/api"),
+        }
         if let Some(secret) = generated {
             tracing::warn!(
                 "no token key configured: generated a random HMAC secret for this run. \
@@ -143,7 +155,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
             );
             tracing::info!("connection token for user \"demo\" (24h): {demo}");
         }
-        gateway::run(listener, node, shutdown_signal()).await;
+        gateway::run_with(listener, api, node, shutdown_signal()).await;
         Ok(())
     })
 }

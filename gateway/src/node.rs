@@ -1,6 +1,7 @@
 //! One gateway node's shared state: configuration, broker, hub, token verifier,
 //! counters, and the shutdown signal every connection watches.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,12 +9,15 @@ use std::time::{Duration, Instant};
 use fanout::broker::{Control, NodeInfo};
 use fanout::Broker;
 use shared::auth::Verifier;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::survey::{glob_match, Query, Surveys};
 
 /// The server version reported in connect and refresh results and heartbeats.
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -38,6 +42,10 @@ pub struct Node {
     /// Rooms to local subscribers.
     pub hub: Arc<Hub>,
     pub(crate) verifier: Verifier,
+    /// Calls to the application backend, when any proxy is configured.
+    pub(crate) proxy: Option<Proxy>,
+    /// Channel surveys this node asks and answers.
+    surveys: Arc<Surveys>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the node starts shutting down: connections close with 3001.
     pub(crate) shutdown: CancellationToken,
@@ -55,22 +63,29 @@ impl Node {
         config.validate()?;
         let verifier = Verifier::new(&config.token)?;
         let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::new(metrics.clone()));
+        let id = uuid::Uuid::new_v4().to_string();
+        let (surveys, queries) = Surveys::new(id.clone());
+        let surveys = Arc::new(surveys);
+        let hub = Arc::new(Hub::new(metrics.clone(), surveys.clone()));
         broker.set_handler(hub.clone());
+        let proxy = Proxy::new(&config.proxy);
         let node = Arc::new(Node {
             config,
             broker,
             hub,
             verifier,
+            proxy,
+            surveys,
             metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             started: Instant::now(),
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             ready: AtomicBool::new(true),
         });
         node.tasks.spawn(unsubscribe_idle_rooms(node.clone()));
         node.tasks.spawn(heartbeat(node.clone()));
+        node.tasks.spawn(answer_surveys(node.clone(), queries));
         Ok(node)
     }
 
@@ -99,6 +114,68 @@ impl Node {
             num_subs: self.hub.num_subscriptions() as u64,
             num_rooms: self.hub.num_rooms() as u64,
             ttl_ms: (self.config.heartbeat_interval * 3).as_millis() as u64,
+        }
+    }
+}
+
+impl Node {
+    /// Every room with subscribers on any live node whose name matches the glob
+    /// `pattern`, with its subscriber count over all nodes. Waits for every live
+    /// node's answer, or `api.survey_timeout`.
+    pub(crate) async fn channels(
+        &self,
+        pattern: &str,
+    ) -> Result<HashMap<String, u32>, fanout::BrokerError> {
+        let (id, mut answers) = self.surveys.open();
+        let query = Control::ChannelsQuery {
+            id,
+            from: self.surveys.node_id().to_owned(),
+            pattern: pattern.to_owned(),
+        };
+        let expected = self.broker.nodes().len().max(1);
+        let published = self.broker.publish_control(&query).await;
+        let mut channels: HashMap<String, u32> = HashMap::new();
+        if published.is_ok() {
+            let deadline = tokio::time::Instant::now() + self.config.api.survey_timeout;
+            let mut answered = 0;
+            while answered < expected {
+                match tokio::time::timeout_at(deadline, answers.recv()).await {
+                    Ok(Some(answer)) => {
+                        answered += 1;
+                        for (room, n) in answer {
+                            *channels.entry(room).or_default() += n;
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        tracing::info!(answered, expected, "channels survey incomplete");
+                        break;
+                    }
+                }
+            }
+        }
+        self.surveys.close(id);
+        published.map(|()| channels)
+    }
+}
+
+/// Answer other nodes' (and this node's) channel surveys.
+async fn answer_surveys(node: Arc<Node>, mut queries: mpsc::Receiver<Query>) {
+    loop {
+        let query = tokio::select! {
+            q = queries.recv() => match q {
+                Some(q) => q,
+                None => return,
+            },
+            _ = node.shutdown.cancelled() => return,
+        };
+        let channels = node.hub.rooms(|room| glob_match(&query.pattern, room));
+        let reply = Control::ChannelsReply {
+            id: query.id,
+            to: query.from,
+            channels,
+        };
+        if let Err(e) = node.broker.publish_control(&reply).await {
+            tracing::debug!(error = %e, "survey answer failed");
         }
     }
 }

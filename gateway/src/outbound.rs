@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use shared::codes::{DisconnectCode, UnsubscribeCode, DISCONNECT_SLOW};
+use shared::envelope::{RefreshCommand, SubscribeCommand};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -28,8 +29,16 @@ pub(crate) enum Item {
     Unsubscribe {
         channel: Arc<str>,
         sub_id: u64,
-        code: UnsubscribeCode,
+        code: &'static UnsubscribeCode,
     },
+    /// Subscribe to a channel, asked through the server API.
+    Subscribe(Arc<SubscribeCommand>),
+    /// Refresh or expire the connection, asked through the server API.
+    Refresh(Arc<RefreshCommand>),
+    /// The connection's expiry came: ask the refresh proxy.
+    RefreshDue,
+    /// Subscription `sub_id` to `channel` expired: ask the sub_refresh proxy.
+    SubRefreshDue { channel: Arc<str>, sub_id: u64 },
 }
 
 /// How the connection is to be closed.
@@ -168,5 +177,16 @@ impl Outbound {
     /// last wake).
     pub async fn notified(&self) {
         self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every queued message is an `Item`: a reused drain buffer holds a few of them
+    /// for the life of an idle connection.
+    #[test]
+    fn an_item_is_no_larger_than_a_message() {
+        let item = std::mem::size_of::<super::Item>();
+        assert!(item <= 40, "Item is {item} B");
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP server: WebSocket upgrades at `/connection/websocket`, health at
-//! `/healthz` and `/readyz`, and graceful shutdown.
+//! `/healthz` and `/readyz`, the server API under `/api` (on the client listener
+//! or its own), and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::api::API_PREFIX;
 use crate::node::Node;
 
 /// The WebSocket endpoint, as in Centrifugo.
@@ -30,9 +32,63 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 /// Serve on `listener` until `shutdown` resolves, then drain: readiness goes false,
 /// the listener closes, clients are told 3001, and this returns once every
-/// connection has ended or the grace period has passed.
+/// connection has ended or the grace period has passed. The server API (when
+/// `api_key` is set) is served on the same listener.
 pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
+    run_with(listener, None, node, shutdown).await
+}
+
+/// As [`run`], with the server API on its own listener when `api` is given
+/// (`api.listen`), so that it can stay inside the cluster network.
+pub async fn run_with(
+    listener: TcpListener,
+    api: Option<TcpListener>,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let role = if let Some(api) = api {
+        let stop = node.shutdown.clone();
+        node.tasks
+            .spawn(accept(api, node.clone(), Role::Api, stop.cancelled_owned()));
+        Role::Clients
+    } else {
+        Role::ClientsAndApi
+    };
+    accept(listener, node.clone(), role, shutdown).await;
+    tracing::info!("shutting down: closing clients");
+    node.set_ready(false);
+    node.shutdown.cancel();
+    node.tasks.close();
+    let grace = node.config.shutdown.grace_period;
+    let drained = tokio::time::timeout(grace, node.tasks.wait()).await;
+    match drained {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(
+            remaining = node.metrics.connections.get(),
+            "grace period over with connections still open"
+        ),
+    }
+}
+
+/// What one listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// WebSockets and health; the API lives on its own listener.
+    Clients,
+    /// WebSockets, health and the API.
+    ClientsAndApi,
+    /// The API and health.
+    Api,
+}
+
+/// Accept HTTP connections on `listener` until `stop` resolves.
+async fn accept(
+    listener: TcpListener,
+    node: Arc<Node>,
+    role: Role,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -44,7 +100,7 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = &mut stop => break,
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "set_nodelay failed");
@@ -52,7 +108,7 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
         let node2 = node.clone();
         let service = service_fn(move |req| {
             let node = node2.clone();
-            async move { Ok::<_, std::convert::Infallible>(route(node, req)) }
+            async move { Ok::<_, std::convert::Infallible>(route(node, role, req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service)
@@ -74,25 +130,20 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
             }
         });
     }
-    drop(listener);
-    tracing::info!("shutting down: closing clients");
-    node.set_ready(false);
-    node.shutdown.cancel();
-    node.tasks.close();
-    let grace = node.config.shutdown.grace_period;
-    let drained = tokio::time::timeout(grace, node.tasks.wait()).await;
-    match drained {
-        Ok(()) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!(
-            remaining = node.metrics.connections.get(),
-            "grace period over with connections still open"
-        ),
-    }
 }
 
-fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, WEBSOCKET_PATH) => upgrade(node, req),
+fn is_api_path(path: &str) -> bool {
+    path.strip_prefix(API_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+async fn route(node: Arc<Node>, role: Role, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if role != Role::Clients && is_api_path(path) {
+        return crate::api::handle(node, req).await;
+    }
+    match (req.method(), path) {
+        (&Method::GET, WEBSOCKET_PATH) if role != Role::Api => upgrade(node, req),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
@@ -163,10 +214,14 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             return text(StatusCode::BAD_REQUEST, "bad upgrade request\n");
         }
     };
+    let headers = node
+        .proxy
+        .as_ref()
+        .and_then(|p| p.keep_headers(req.headers()));
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
         match fut.await {
-            Ok(ws) => crate::ws::serve(node, ws).await,
+            Ok(ws) => crate::ws::serve(node, ws, headers).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

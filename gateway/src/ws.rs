@@ -20,6 +20,7 @@ use crate::conn::Conn;
 use crate::frame::{FrameReader, Message, ReadError};
 use crate::node::Node;
 use crate::outbound::Item;
+use crate::proxy::Headers;
 
 type Io = TokioIo<Upgraded>;
 
@@ -32,15 +33,16 @@ const CLOSE_NORMAL: DisconnectCode = DisconnectCode {
 /// Frames larger than this are written with their reusable buffer shrunk back after.
 const FRAME_BUFFER_KEEP: usize = 16 << 10;
 
-/// Serve one upgraded WebSocket until it closes, then leave its rooms.
-pub async fn serve(node: Arc<Node>, ws: WebSocket<Io>) {
+/// Serve one upgraded WebSocket until it closes, then leave its rooms. `headers`
+/// are the upgrade request's headers kept for proxy calls.
+pub(crate) async fn serve(node: Arc<Node>, ws: WebSocket<Io>, headers: Option<Headers>) {
     // Reads go through our own frame reader (no buffer while idle); writes through
     // fastwebsockets, vectored from the first byte so it keeps no write buffer either.
     let (rd, wr) = tokio::io::split(ws.into_inner());
     let (_, mut tx) = fastwebsockets::after_handshake_split(tokio::io::empty(), wr, Role::Server);
     tx.set_writev_threshold(0);
     let mut rx = FrameReader::new(rd, node.config.client.max_message_bytes);
-    let conn = Conn::new(node.clone());
+    let conn = Conn::new(node.clone(), headers);
     node.metrics.connections.inc();
     node.metrics.connections_total.inc();
     drive(&conn, &mut rx, &mut tx).await;
@@ -115,14 +117,10 @@ where
                         return;
                     }
                 }
-                Some(Item::Unsubscribe {
-                    channel,
-                    sub_id,
-                    code,
-                }) => {
-                    Box::pin(conn.server_unsubscribe(&channel, sub_id, code)).await;
-                }
                 Some(Item::Data(_)) => {} // collected above
+                // Work the server asks of the connection (unsubscribe, subscribe,
+                // refresh), in order with the messages around it.
+                Some(item) => Box::pin(conn.handle_item(item)).await,
             }
         }
         if let Some(code) = drained.close {
@@ -300,7 +298,7 @@ mod tests {
     #[tokio::test]
     async fn connection_task_stays_small() {
         let node = crate::Node::new(crate::Config::default(), fanout::MemoryBroker::new()).unwrap();
-        let conn = crate::conn::Conn::new(node);
+        let conn = crate::conn::Conn::new(node, None);
         let (rd, wr) = tokio::io::split(tokio::io::empty());
         let mut rx = crate::frame::FrameReader::new(rd, 1024);
         let (_, mut tx) = fastwebsockets::after_handshake_split(

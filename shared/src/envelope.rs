@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{raw_from_slice, ClientInfo, Publication, Raw, Tags};
+use crate::protocol::{raw_from_slice, ClientInfo, Publication, Raw, StreamPosition, Tags};
 
 /// One event on a room's channel (the body of a channel message).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,19 +26,108 @@ pub enum Envelope {
     Control(Control),
 }
 
-/// Cluster-wide commands and node heartbeats.
+/// Cluster-wide commands and node heartbeats. Commands for a user's connections
+/// name the user and, optionally, one connection (`client`; empty: all of them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Control {
     /// A node's heartbeat, for the node registry.
     Node(NodeInfo),
-    /// Close every connection of `user` with this code and reason.
+    /// Close the connections of `user` with this code and reason, except those in
+    /// `whitelist`.
     Disconnect {
         user: String,
         code: u16,
         reason: String,
+        #[serde(default)]
+        client: String,
+        #[serde(default)]
+        whitelist: Vec<String>,
     },
     /// End the subscriptions of `user` to `channel` (unsubscribe push 2000).
-    Unsubscribe { user: String, channel: String },
+    Unsubscribe {
+        user: String,
+        channel: String,
+        #[serde(default)]
+        client: String,
+    },
+    /// Subscribe the connections of a user to a channel (a `subscribe` push).
+    Subscribe(Box<SubscribeCommand>),
+    /// Change the expiry or info of a user's connections, or expire them.
+    Refresh(RefreshCommand),
+    /// Every node answers with its rooms matching `pattern` (the `channels` API).
+    ChannelsQuery {
+        /// Unique per query on the asking node.
+        id: u64,
+        /// The asking node's id: replies are addressed to it.
+        from: String,
+        pattern: String,
+    },
+    /// One node's answer to a [`Control::ChannelsQuery`]: room and local subscribers.
+    ChannelsReply {
+        id: u64,
+        to: String,
+        channels: Vec<(String, u32)>,
+    },
+}
+
+/// A server-side subscription made through the server API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubscribeCommand {
+    pub user: String,
+    /// Only this connection; empty: every connection of the user.
+    pub client: String,
+    pub channel: String,
+    /// Unix seconds at which the subscription expires; 0 never.
+    pub expire_at: u64,
+    /// `chan_info` of the subscriber, JSON.
+    #[serde(with = "opt_bytes_compat")]
+    pub info: Option<Vec<u8>>,
+    /// Returned to the subscriber in the `subscribe` push, JSON.
+    #[serde(with = "opt_bytes_compat")]
+    pub data: Option<Vec<u8>>,
+    /// Recover from this position (positioned and recoverable).
+    pub recover_since: Option<StreamPosition>,
+    /// Namespace options this subscription overrides.
+    pub presence: Option<bool>,
+    pub join_leave: Option<bool>,
+    pub force_recovery: Option<bool>,
+    pub force_positioning: Option<bool>,
+}
+
+/// A server-side refresh of a user's connections, through the server API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RefreshCommand {
+    pub user: String,
+    /// Only this connection; empty: every connection of the user.
+    pub client: String,
+    /// Close the connections as expired (3005).
+    pub expired: bool,
+    /// New expiry, unix seconds; 0 leaves it as it is.
+    pub expire_at: u64,
+    /// New connection info, JSON.
+    #[serde(with = "opt_bytes_compat")]
+    pub info: Option<Vec<u8>>,
+}
+
+impl SubscribeCommand {
+    pub fn info(&self) -> Result<Option<Raw>, EnvelopeError> {
+        bytes_raw(&self.info)
+    }
+
+    pub fn data(&self) -> Result<Option<Raw>, EnvelopeError> {
+        bytes_raw(&self.data)
+    }
+}
+
+impl RefreshCommand {
+    pub fn info(&self) -> Result<Option<Raw>, EnvelopeError> {
+        bytes_raw(&self.info)
+    }
+}
+
+/// JSON as the bytes an envelope carries.
+pub fn raw_to_bytes(raw: &Option<Raw>) -> Option<Vec<u8>> {
+    raw_bytes(raw)
 }
 
 /// What a node says about itself in its heartbeat.
@@ -293,8 +382,27 @@ mod tests {
             user: "42".into(),
             code: 3503,
             reason: "bye".into(),
+            client: "c1".into(),
+            whitelist: vec!["c2".into()],
         });
         assert_eq!(Envelope::decode(&c.encode().unwrap()).unwrap(), c);
+        let s = Envelope::Control(Control::Subscribe(Box::new(SubscribeCommand {
+            user: "42".into(),
+            channel: "news".into(),
+            info: Some(br#"{"a":1}"#.to_vec()),
+            recover_since: Some(StreamPosition {
+                offset: 3,
+                epoch: "e".into(),
+            }),
+            join_leave: Some(true),
+            ..Default::default()
+        })));
+        let back = Envelope::decode(&s.encode().unwrap()).unwrap();
+        assert_eq!(back, s);
+        let Envelope::Control(Control::Subscribe(cmd)) = back else {
+            panic!("not a subscribe");
+        };
+        assert_eq!(cmd.info().unwrap().unwrap().get(), r#"{"a":1}"#);
     }
 
     #[test]

@@ -6,10 +6,16 @@
 //!   pushes the server writes, and the wire shapes they share.
 //! - [`channel`]: channel names: namespace, private prefix, user-limited channels.
 //! - [`auth`]: connection and subscription JWT claims, verification and minting.
-//! - [`envelope`]: the MessagePack envelope nodes exchange through the broker.
+//! - [`envelope`]: the MessagePack envelope nodes exchange through the broker
+//!   (publications, join/leave, cluster-wide commands).
+//! - [`api`]: the server HTTP API's requests, results and errors.
+//! - [`proxy`]: the requests the node sends to the application backend's proxy
+//!   endpoints, and their replies.
 
+pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod codes;
 pub mod envelope;
 pub mod protocol;
+pub mod proxy;

@@ -345,10 +345,10 @@ pub struct SubRefreshResult {
     pub ttl: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ErrorBody {
     pub code: u32,
-    pub message: &'static str,
+    pub message: std::borrow::Cow<'static, str>,
     #[serde(skip_serializing_if = "is_false")]
     pub temporary: bool,
 }
@@ -357,10 +357,16 @@ impl From<ErrorCode> for ErrorBody {
     fn from(e: ErrorCode) -> Self {
         ErrorBody {
             code: e.code,
-            message: e.message,
+            message: std::borrow::Cow::Borrowed(e.message),
             temporary: e.temporary,
         }
     }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RpcResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Raw>,
 }
 
 /// The result part of a reply; the JSON key is the command's name.
@@ -377,6 +383,7 @@ pub enum ReplyBody {
     History(HistoryResult),
     Refresh(RefreshResult),
     SubRefresh(SubRefreshResult),
+    Rpc(RpcResult),
 }
 
 #[derive(Serialize)]

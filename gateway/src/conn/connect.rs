@@ -8,73 +8,158 @@ use bytes::Bytes;
 use shared::auth::{unix_now, TokenError};
 use shared::codes::*;
 use shared::protocol::{
-    self, ConnectRequest, ConnectResult, RefreshRequest, RefreshResult, ReplyBody,
+    self, ConnectRequest, ConnectResult, Raw, RefreshRequest, RefreshResult, ReplyBody,
 };
+use shared::proxy::ConnFields;
 use tokio::time::Instant;
 
-use super::session::{ttl_secs, Conn, Failure, Outcome, Phase};
-use super::subscribe::SubParams;
+use super::session::{
+    allowed, backend_payload, expire_at, proxy_failed, ttl_secs, Conn, Failure, Outcome, Phase,
+};
+use super::subscribe::{ServerSub, SubParams};
 use crate::node::VERSION;
+use crate::outbound::Item;
+use crate::proxy::Kind;
+
+/// Who a connection is and what it is granted, from a token or the connect proxy.
+#[derive(Default)]
+struct Credentials {
+    user: String,
+    /// Unix seconds.
+    expire_at: Option<u64>,
+    info: Option<Raw>,
+    /// Returned to the client in the connect result.
+    data: Option<Raw>,
+    /// Server-side subscriptions.
+    channels: Vec<(String, ServerSub)>,
+    /// The node renews the expiry through the refresh proxy.
+    proxy_refresh: bool,
+}
 
 impl Conn {
     pub(super) async fn connect(&self, id: u32, req: ConnectRequest) -> Outcome<()> {
         let outcome = self.try_connect(id, req).await;
-        if let Err(Failure::Error(_)) = outcome {
+        if let Err(Failure::Error(_) | Failure::Custom(_)) = outcome {
             self.session.lock().phase = Phase::Failed;
         }
         outcome
     }
 
-    async fn try_connect(&self, id: u32, req: ConnectRequest) -> Outcome<()> {
-        let cfg = &self.node.config.client;
-        let token = if req.token.is_empty() {
-            if !cfg.allow_anonymous_connect_without_token {
-                return Err(DISCONNECT_BAD_REQUEST.into());
-            }
-            shared::auth::ConnectToken::default()
-        } else {
-            match self.node.verifier.verify_connect(&req.token) {
+    /// Who the client is: from its connection token, or, without one, from the
+    /// connect proxy (when configured) or as an anonymous user (when allowed).
+    async fn credentials(&self, req: &ConnectRequest) -> Outcome<Credentials> {
+        if !req.token.is_empty() {
+            let token = match self.node.verifier.verify_connect(&req.token) {
                 Ok(t) => t,
                 Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
                 Err(TokenError::Invalid(why)) => {
                     tracing::debug!(client = %self.client, %why, "invalid connection token");
                     return Err(DISCONNECT_INVALID_TOKEN.into());
                 }
+            };
+            return Ok(Credentials {
+                user: token.user,
+                expire_at: token.expire_at,
+                info: token.info,
+                data: None,
+                channels: token
+                    .channels
+                    .into_iter()
+                    .map(|c| (c, ServerSub::default()))
+                    .collect(),
+                proxy_refresh: false,
+            });
+        }
+        if let Some(proxy) = self.node.proxy.as_ref().filter(|p| p.has(Kind::Connect)) {
+            let call = shared::proxy::ConnectRequest {
+                conn: ConnFields::new(&self.client),
+                data: req.data.clone(),
+                name: req.name.clone(),
+                version: req.version.clone(),
+            };
+            let decision = proxy
+                .connect(self.headers.as_ref(), &call)
+                .await
+                .map_err(|e| proxy_failed(Kind::Connect, &self.client, e))?;
+            let r = allowed(decision)?;
+            let mut channels: Vec<(String, ServerSub)> = r
+                .channels
+                .into_iter()
+                .map(|c| (c, ServerSub::default()))
+                .collect();
+            for (channel, o) in r.subs {
+                channels.push((
+                    channel,
+                    ServerSub {
+                        info: backend_payload(Kind::Connect, "info", &o.info, &o.b64info)?,
+                        data: backend_payload(Kind::Connect, "data", &o.data, &o.b64data)?,
+                        expire_at: expire_at(o.expire_at),
+                    },
+                ));
             }
-        };
+            let expires = expire_at(r.expire_at);
+            return Ok(Credentials {
+                user: r.user,
+                expire_at: expires,
+                info: backend_payload(Kind::Connect, "info", &r.info, &r.b64info)?,
+                data: backend_payload(Kind::Connect, "data", &r.data, &r.b64data)?,
+                channels,
+                proxy_refresh: expires.is_some() && proxy.has(Kind::Refresh),
+            });
+        }
+        if self
+            .node
+            .config
+            .client
+            .allow_anonymous_connect_without_token
+        {
+            return Ok(Credentials::default());
+        }
+        Err(DISCONNECT_BAD_REQUEST.into())
+    }
+
+    async fn try_connect(&self, id: u32, req: ConnectRequest) -> Outcome<()> {
+        let cfg = &self.node.config.client;
+        let creds = self.credentials(&req).await?;
         let now_unix = unix_now();
-        if token.expire_at.is_some_and(|t| t <= now_unix) {
+        if creds.expire_at.is_some_and(|t| t <= now_unix) {
             return Err(ERROR_EXPIRED.into());
         }
         // Validate every server-side channel before joining any.
-        let mut channels: Vec<&str> = token.channels.iter().map(String::as_str).collect();
-        channels.sort_unstable();
-        channels.dedup();
+        let mut channels: Vec<&(String, ServerSub)> = creds.channels.iter().collect();
+        channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        channels.dedup_by(|a, b| a.0 == b.0);
         if channels.len() > cfg.max_subscriptions {
             return Err(ERROR_LIMIT_EXCEEDED.into());
         }
         let mut resolved = Vec::with_capacity(channels.len());
-        for ch in &channels {
+        for (ch, grant) in channels {
             let (_, opts) = self.resolve(ch).map_err(|f| match f {
                 Failure::Disconnect(_) => Failure::Error(ERROR_BAD_REQUEST),
                 e => e,
             })?;
-            resolved.push((*ch, opts));
+            resolved.push((ch.as_str(), grant, opts));
         }
         {
             let mut s = self.session.lock();
-            s.user = token.user.as_str().into();
-            s.conn_info = token.info.clone();
-            s.expires = token.expire_at.map(|t| {
-                Instant::now()
-                    + Duration::from_secs(t.saturating_sub(now_unix))
-                    + cfg.expired_close_delay
-            });
+            s.user = creds.user.as_str().into();
+            s.conn_info = creds.info.clone();
+            s.proxy_refresh = creds.proxy_refresh;
+            // With the refresh proxy the node asks at expiry; otherwise the client
+            // has a grace period to refresh its token.
+            let grace = if creds.proxy_refresh {
+                Duration::ZERO
+            } else {
+                cfg.expired_close_delay
+            };
+            s.expires = creds
+                .expire_at
+                .map(|t| Instant::now() + Duration::from_secs(t.saturating_sub(now_unix)) + grace);
         }
         let mut joined = Vec::with_capacity(resolved.len());
-        for (ch, opts) in resolved {
+        for (ch, grant, opts) in resolved {
             match self
-                .join_room(ch, opts, SubParams::server_side(req.subs.get(ch)))
+                .join_room(ch, opts, SubParams::server_side(req.subs.get(ch), grant))
                 .await
             {
                 Ok(j) => joined.push(j),
@@ -91,9 +176,11 @@ impl Conn {
             version: VERSION.into(),
             ping: cfg.ping_interval.as_secs().max(1) as u32,
             pong: !cfg.pong_timeout.is_zero(),
+            data: creds.data,
             ..Default::default()
         };
-        if let Some(exp) = token.expire_at {
+        // The client refreshes only what the node does not refresh itself.
+        if let (Some(exp), false) = (creds.expire_at, creds.proxy_refresh) {
             result.expires = true;
             result.ttl = ttl_secs(exp, now_unix);
         }
@@ -104,8 +191,10 @@ impl Conn {
                 .subs
                 .insert(j.entry.channel.to_string(), std::mem::take(&mut j.result));
         }
-        if !token.user.is_empty() {
-            self.node.hub.add_user(&token.user, self.out.clone());
+        if !creds.user.is_empty() {
+            self.node
+                .hub
+                .add_user(&creds.user, &self.client, self.out.clone());
         }
         {
             let mut s = self.session.lock();
@@ -199,12 +288,18 @@ impl Conn {
                     }
                     next = next.min(d);
                 }
-                if let Some(e) = s.expires {
-                    if now >= e {
+                match s.expires {
+                    Some(e) if now >= e && s.proxy_refresh => {
+                        // Asked once; the answer sets the next expiry.
+                        s.expires = None;
+                        self.out.push_item(Item::RefreshDue);
+                    }
+                    Some(e) if now >= e => {
                         self.out.close(DISCONNECT_EXPIRED);
                         return far;
                     }
-                    next = next.min(e);
+                    Some(e) => next = next.min(e),
+                    None => {}
                 }
                 if let Some(p) = s.next_ping {
                     let p = if now >= p {
@@ -223,9 +318,16 @@ impl Conn {
                 }
                 for sub in s.subs.values_mut() {
                     match sub.expires {
+                        Some(e) if now >= e && sub.proxy_refresh => {
+                            sub.expires = None;
+                            self.out.push_item(Item::SubRefreshDue {
+                                channel: sub.entry.channel.clone(),
+                                sub_id: sub.entry.id,
+                            });
+                        }
                         Some(e) if now >= e => {
                             sub.expires = None;
-                            sub.entry.unsubscribe(UNSUBSCRIBE_EXPIRED);
+                            sub.entry.unsubscribe(&UNSUBSCRIBE_EXPIRED);
                         }
                         Some(e) => next = next.min(e),
                         None => {}

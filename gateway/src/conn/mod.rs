@@ -12,21 +12,21 @@
 //! - `subscribe`: subscribe (with recovery), unsubscribe, sub_refresh, server-side
 //!   subscriptions, leaving rooms.
 //! - `recovery`: the pure recovery verdict.
-//! - `publish`: publish, presence, presence_stats, history.
+//! - `publish`: publish, presence, presence_stats, history, rpc.
+//! - `server`: what the server API asks of a connection (subscribe, refresh).
 
 mod connect;
 mod publish;
 mod recovery;
+mod server;
 mod session;
 mod subscribe;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shared::codes::{
-    DisconnectCode, DISCONNECT_BAD_REQUEST, DISCONNECT_NOT_AVAILABLE, ERROR_NOT_AVAILABLE,
-};
-use shared::protocol::{self, Command, Request};
+use shared::codes::{DisconnectCode, DISCONNECT_BAD_REQUEST, DISCONNECT_NOT_AVAILABLE};
+use shared::protocol::{self, Command, ReplyBody, Request};
 
 pub(crate) use session::Conn;
 use session::{Failure, Outcome, Phase, Sub};
@@ -64,7 +64,16 @@ impl Conn {
                 self.out.push(Bytes::from(protocol::encode_error(id, e)));
                 Ok(())
             }
+            Err(Failure::Custom(body)) => {
+                self.reply(id, ReplyBody::Error(body));
+                Ok(())
+            }
             Err(Failure::Disconnect(d)) => Err(d),
+            Err(Failure::Close(close)) => {
+                tracing::debug!(client = %self.client, code = close.code, "closed by the backend");
+                self.out.close(close);
+                Ok(())
+            }
         }
     }
 
@@ -78,8 +87,7 @@ impl Conn {
             Request::History(r) => self.history(r).await?,
             Request::Refresh(r) => self.refresh(r)?,
             Request::SubRefresh(r) => self.sub_refresh(r)?,
-            // No RPC handler is configured on this node.
-            Request::Rpc(_) => return Err(ERROR_NOT_AVAILABLE.into()),
+            Request::Rpc(r) => self.rpc(r).await?,
             Request::Connect(_) | Request::Ping | Request::Send(_) => {
                 return Err(DISCONNECT_BAD_REQUEST.into())
             }

@@ -1,15 +1,18 @@
-//! Publish, presence and history: the commands that read or write a room the
-//! connection is subscribed to, with the publish rate limit.
+//! Publish, presence, history and rpc: the commands that read or write a room the
+//! connection is subscribed to (publish with its rate limit and proxy), and the
+//! RPC proxy.
 
 use fanout::HistoryQuery;
 use shared::codes::*;
 use shared::protocol::{
     EmptyResult, HistoryRequest, HistoryResult, PresenceResult, PresenceStatsResult, Publication,
-    PublishRequest, ReplyBody,
+    PublishRequest, ReplyBody, RpcRequest, RpcResult,
 };
+use shared::proxy::ConnFields;
 use tokio::time::Instant;
 
-use super::session::{internal, Conn, Outcome};
+use super::session::{allowed, backend_payload, internal, proxy_failed, Conn, Outcome};
+use crate::proxy::Kind;
 
 impl Conn {
     fn take_publish_token(&self) -> bool {
@@ -35,27 +38,82 @@ impl Conn {
             return Err(DISCONNECT_BAD_REQUEST.into());
         };
         let (_, opts) = self.resolve(&req.channel)?;
-        if !opts.allow_publish {
-            return Err(ERROR_PERMISSION_DENIED.into());
-        }
-        let info = self
-            .subscribed_info(&req.channel)
-            .ok_or(ERROR_PERMISSION_DENIED)?;
+        // With the publish proxy the backend decides who may publish, subscribed
+        // or not (as in Centrifugo); otherwise subscribers of a room that allows it.
+        let info = match self.subscribed_info(&req.channel) {
+            Some(info) if opts.proxy_publish || opts.allow_publish => info,
+            None if opts.proxy_publish => self.client_info(),
+            _ => return Err(ERROR_PERMISSION_DENIED.into()),
+        };
         if !self.take_publish_token() {
             return Err(ERROR_TOO_MANY_REQUESTS.into());
         }
-        let publication = Publication {
+        let mut publication = Publication {
             data,
             info: Some(info),
             offset: 0,
             tags: Default::default(),
         };
+        let mut history = opts.history();
+        if opts.proxy_publish {
+            let r = self.ask_publish_proxy(&req.channel, &publication).await?;
+            if let Some(data) = backend_payload(Kind::Publish, "data", &r.data, &r.b64data)? {
+                publication.data = data;
+            }
+            if r.skip_history {
+                history = None;
+            }
+            publication.tags = r.tags;
+        }
         self.node
             .broker
-            .publish(&req.channel, publication, opts.history())
+            .publish(&req.channel, publication, history)
             .await
             .map_err(internal)?;
         Ok(ReplyBody::Publish(EmptyResult {}))
+    }
+
+    async fn ask_publish_proxy(
+        &self,
+        channel: &str,
+        publication: &Publication,
+    ) -> Outcome<shared::proxy::PublishResult> {
+        let proxy = self
+            .node
+            .proxy
+            .as_ref()
+            .expect("bug: validated: proxy_publish needs a publish proxy");
+        let req = shared::proxy::PublishRequest {
+            conn: ConnFields::new(&self.client),
+            user: self.user().to_string(),
+            channel: channel.to_owned(),
+            data: publication.data.clone(),
+        };
+        let decision = proxy
+            .publish(self.headers.as_ref(), &req)
+            .await
+            .map_err(|e| proxy_failed(Kind::Publish, &self.client, e))?;
+        allowed(decision)
+    }
+
+    /// `rpc`: answered by the RPC proxy, or 108 without one.
+    pub(super) async fn rpc(&self, req: RpcRequest) -> Outcome<ReplyBody> {
+        let Some(proxy) = self.node.proxy.as_ref().filter(|p| p.has(Kind::Rpc)) else {
+            return Err(ERROR_NOT_AVAILABLE.into());
+        };
+        let call = shared::proxy::RpcRequest {
+            conn: ConnFields::new(&self.client),
+            user: self.user().to_string(),
+            method: req.method,
+            data: req.data,
+        };
+        let decision = proxy
+            .rpc(self.headers.as_ref(), &call)
+            .await
+            .map_err(|e| proxy_failed(Kind::Rpc, &self.client, e))?;
+        let r = allowed(decision)?;
+        let data = backend_payload(Kind::Rpc, "data", &r.data, &r.b64data)?;
+        Ok(ReplyBody::Rpc(RpcResult { data }))
     }
 
     fn presence_allowed(&self, channel: &str) -> Outcome<()> {

@@ -2,6 +2,7 @@
 //! session behind one mutex (never held across an await), and the helpers the
 //! families share (channel resolution, replies, failures).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -9,22 +10,28 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use shared::channel::ChannelName;
 use shared::codes::{
-    DisconnectCode, ErrorCode, DISCONNECT_BAD_REQUEST, ERROR_BAD_REQUEST, ERROR_INTERNAL,
-    ERROR_UNKNOWN_CHANNEL,
+    DisconnectCode, ErrorCode, DISCONNECT_BAD_REQUEST, DISCONNECT_FORCE, ERROR_BAD_REQUEST,
+    ERROR_INTERNAL, ERROR_UNKNOWN_CHANNEL,
 };
-use shared::protocol::{self, ClientInfo, Raw, ReplyBody};
+use shared::protocol::{self, ClientInfo, ErrorBody, Raw, ReplyBody};
+use shared::proxy::{Decision, ProxyDisconnect};
 use tokio::time::Instant;
 
-use crate::config::ChannelOptions;
+use crate::config::{ChannelError, ChannelOptions};
 use crate::hub::Subscriber;
 use crate::node::Node;
-use crate::outbound::Outbound;
+use crate::outbound::{Close, Outbound};
+use crate::proxy::{CallError, Headers, Kind};
 
 /// Why a command did not succeed: an error reply, or the end of the connection.
 #[derive(Debug)]
 pub(crate) enum Failure {
     Error(ErrorCode),
+    /// An error the application backend chose (a proxy's reply).
+    Custom(ErrorBody),
     Disconnect(DisconnectCode),
+    /// A close the application backend chose.
+    Close(Close),
 }
 
 impl From<ErrorCode> for Failure {
@@ -46,6 +53,60 @@ pub(crate) type Outcome<T> = Result<T, Failure>;
 pub(crate) fn internal(e: fanout::BrokerError) -> Failure {
     tracing::warn!(error = %e, "broker call failed");
     Failure::Error(ERROR_INTERNAL)
+}
+
+/// A proxy call gave no usable answer: the client gets the temporary internal
+/// error, so its SDK retries.
+pub(crate) fn proxy_failed(kind: Kind, client: &str, e: CallError) -> Failure {
+    tracing::warn!(proxy = kind.name(), %client, kind = e.kind(), error = %e, "proxy call failed");
+    Failure::Error(ERROR_INTERNAL)
+}
+
+/// What the backend decided, as the command's outcome.
+pub(crate) fn allowed<T>(decision: Decision<T>) -> Outcome<T> {
+    match decision {
+        Decision::Allow(t) => Ok(t),
+        Decision::Error(e) => Err(Failure::Custom(ErrorBody {
+            code: e.code,
+            message: Cow::Owned(e.message),
+            temporary: e.temporary,
+        })),
+        Decision::Disconnect(d) => Err(Failure::Close(backend_close(d))),
+    }
+}
+
+/// The backend's close code, if it is one a client may be sent (3000-4999);
+/// otherwise 3503 "force disconnect" with its reason.
+pub(crate) fn backend_close(d: ProxyDisconnect) -> Close {
+    match u16::try_from(d.code) {
+        Ok(code @ 3000..=4999) => Close {
+            code,
+            reason: Cow::Owned(d.reason),
+        },
+        _ => Close {
+            code: DISCONNECT_FORCE.code,
+            reason: Cow::Owned(d.reason),
+        },
+    }
+}
+
+/// A payload the backend sent (`field` or `b64field`), or the temporary error
+/// when it is not JSON.
+pub(crate) fn backend_payload(
+    kind: Kind,
+    field: &str,
+    raw: &Option<Raw>,
+    b64: &str,
+) -> Outcome<Option<Raw>> {
+    shared::api::payload(field, raw, b64).map_err(|e| {
+        tracing::warn!(proxy = kind.name(), error = %e.message, "proxy reply has a bad payload");
+        Failure::Error(ERROR_INTERNAL)
+    })
+}
+
+/// Unix seconds from a backend or API field (0 or less: none).
+pub(crate) fn expire_at(unix: i64) -> Option<u64> {
+    u64::try_from(unix).ok().filter(|&t| t > 0)
 }
 
 /// Seconds from `now` to `expire_at`, as the protocol's `ttl` (at least 1).
@@ -73,14 +134,20 @@ pub(crate) struct Sub {
     pub(crate) join_leave: bool,
     /// When the subscription ends unless refreshed (token expiry plus grace).
     pub(crate) expires: Option<Instant>,
+    /// At expiry the node asks the sub_refresh proxy instead of ending it.
+    pub(crate) proxy_refresh: bool,
 }
 
 pub(crate) struct Session {
     pub(crate) phase: Phase,
     pub(crate) user: Arc<str>,
     pub(crate) conn_info: Option<Raw>,
-    /// When the connection is closed with 3005 unless refreshed.
+    /// When the connection is closed with 3005 unless refreshed (or, with
+    /// `proxy_refresh`, when the refresh proxy is asked).
     pub(crate) expires: Option<Instant>,
+    /// The connect proxy admitted this connection and a refresh proxy is set: the
+    /// node renews its expiry itself.
+    pub(crate) proxy_refresh: bool,
     pub(crate) subs: HashMap<Arc<str>, Sub>,
     pub(crate) connect_deadline: Instant,
     pub(crate) next_ping: Option<Instant>,
@@ -100,12 +167,15 @@ pub struct Conn {
     pub(crate) out: Arc<Outbound>,
     /// Connection id (a UUID), `client` in client info.
     pub(crate) client: Arc<str>,
+    /// The upgrade request's headers that proxy calls forward (only when a proxy
+    /// is configured).
+    pub(crate) headers: Option<Headers>,
     pub(crate) session: Mutex<Session>,
 }
 
 impl Conn {
     /// A new connection, waiting for its `connect` command.
-    pub(crate) fn new(node: Arc<Node>) -> Arc<Self> {
+    pub(crate) fn new(node: Arc<Node>, headers: Option<Headers>) -> Arc<Self> {
         let now = Instant::now();
         let cfg = &node.config.client;
         let out = Arc::new(Outbound::new(cfg.queue_max_bytes, node.metrics.clone()));
@@ -114,6 +184,7 @@ impl Conn {
             user: "".into(),
             conn_info: None,
             expires: None,
+            proxy_refresh: false,
             subs: HashMap::new(),
             connect_deadline: now + cfg.connect_timeout,
             next_ping: None,
@@ -127,6 +198,7 @@ impl Conn {
             node,
             out,
             client: uuid::Uuid::new_v4().to_string().into(),
+            headers,
             session: Mutex::new(session),
         })
     }
@@ -134,6 +206,18 @@ impl Conn {
     pub(crate) fn reply(&self, id: u32, body: ReplyBody) {
         self.out
             .push(Bytes::from(protocol::encode_reply(id, &body)));
+    }
+
+    /// How this connection appears to others outside any channel (a publication
+    /// made without a subscription, through the publish proxy).
+    pub(crate) fn client_info(&self) -> ClientInfo {
+        let s = self.session.lock();
+        ClientInfo {
+            user: s.user.to_string(),
+            client: self.client.to_string(),
+            conn_info: s.conn_info.clone(),
+            chan_info: None,
+        }
     }
 
     pub(crate) fn user(&self) -> Arc<str> {
@@ -145,19 +229,14 @@ impl Conn {
         &'a self,
         channel: &'a str,
     ) -> Outcome<(ChannelName<'a>, &'a ChannelOptions)> {
-        if channel.is_empty() {
-            return Err(DISCONNECT_BAD_REQUEST.into());
-        }
-        if channel.len() > self.node.config.client.max_channel_length {
-            return Err(ERROR_BAD_REQUEST.into());
-        }
-        let name = ChannelName::parse(channel);
-        let opts = self
-            .node
+        self.node
             .config
-            .channel_options(name.namespace)
-            .ok_or(ERROR_UNKNOWN_CHANNEL)?;
-        Ok((name, opts))
+            .resolve_channel(channel)
+            .map_err(|e| match e {
+                ChannelError::Empty => DISCONNECT_BAD_REQUEST.into(),
+                ChannelError::TooLong => ERROR_BAD_REQUEST.into(),
+                ChannelError::UnknownNamespace => ERROR_UNKNOWN_CHANNEL.into(),
+            })
     }
 
     /// This connection's hub entry in `channel`, if subscribed.

@@ -9,16 +9,22 @@ use bytes::Bytes;
 use fanout::HistoryQuery;
 use shared::auth::{unix_now, TokenError};
 use shared::codes::*;
+use shared::envelope::{EnvelopeError, SubscribeCommand};
 use shared::protocol::{
     self, ClientInfo, EmptyResult, Raw, ReplyBody, StreamPosition, SubRefreshRequest,
     SubRefreshResult, SubscribeRequest, SubscribeResult, SUBSCRIBE_FLAG_REJECT_UNRECOVERED,
 };
+use shared::proxy::ConnFields;
 use tokio::time::Instant;
 
 use super::recovery;
-use super::session::{internal, ttl_secs, Conn, Failure, Outcome, Sub};
+use super::session::{
+    allowed, backend_payload, expire_at, internal, proxy_failed, ttl_secs, Conn, Failure, Outcome,
+    Sub,
+};
 use crate::config::ChannelOptions;
 use crate::hub::Subscriber;
+use crate::proxy::Kind;
 
 /// What a subscription is asked to be, from a subscribe command or the server.
 pub(crate) struct SubParams {
@@ -34,10 +40,27 @@ pub(crate) struct SubParams {
     data: Option<Raw>,
     /// Unix seconds at which the subscription expires.
     expire_at: Option<u64>,
+    /// At expiry, ask the sub_refresh proxy instead of ending the subscription.
+    proxy_refresh: bool,
+    /// Overrides of the namespace's `presence` and `join_leave`.
+    presence: Option<bool>,
+    announce: Option<bool>,
+}
+
+/// What the server grants a server-side subscription (from the connect proxy's
+/// `subs`, or none from a token's `channels` claim).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServerSub {
+    pub(crate) info: Option<Raw>,
+    pub(crate) data: Option<Raw>,
+    /// Unix seconds.
+    pub(crate) expire_at: Option<u64>,
 }
 
 impl SubParams {
-    pub(crate) fn server_side(recovery: Option<&SubscribeRequest>) -> Self {
+    /// A server-side subscription made at connect; `recovery` is the client's
+    /// position from `connect.subs`.
+    pub(crate) fn server_side(recovery: Option<&SubscribeRequest>, grant: &ServerSub) -> Self {
         SubParams {
             recover: recovery.is_some_and(|r| r.recover),
             offset: recovery.map_or(0, |r| r.offset),
@@ -47,10 +70,34 @@ impl SubParams {
             join_leave: true,
             reject_unrecovered: false,
             server_side: true,
-            chan_info: None,
-            data: None,
-            expire_at: None,
+            chan_info: grant.info.clone(),
+            data: grant.data.clone(),
+            expire_at: grant.expire_at,
+            proxy_refresh: false,
+            presence: None,
+            announce: None,
         }
+    }
+
+    /// A server-side subscription the server API asks for.
+    pub(crate) fn from_api(cmd: &SubscribeCommand) -> Result<Self, EnvelopeError> {
+        let since = cmd.recover_since.clone().unwrap_or_default();
+        Ok(SubParams {
+            recover: cmd.recover_since.is_some(),
+            offset: since.offset,
+            epoch: since.epoch,
+            positioned: cmd.force_positioning.unwrap_or(false),
+            recoverable: cmd.force_recovery.unwrap_or(false) || cmd.recover_since.is_some(),
+            join_leave: true,
+            reject_unrecovered: false,
+            server_side: true,
+            chan_info: cmd.info()?,
+            data: cmd.data()?,
+            expire_at: (cmd.expire_at > 0).then_some(cmd.expire_at),
+            proxy_refresh: false,
+            presence: cmd.presence,
+            announce: cmd.join_leave,
+        })
     }
 }
 
@@ -82,7 +129,7 @@ impl Conn {
         let mut params = SubParams {
             recover: req.recover,
             offset: req.offset,
-            epoch: req.epoch,
+            epoch: req.epoch.clone(),
             positioned: req.positioned,
             recoverable: req.recoverable,
             join_leave: req.join_leave,
@@ -91,19 +138,30 @@ impl Conn {
             chan_info: None,
             data: None,
             expire_at: None,
+            proxy_refresh: false,
+            presence: None,
+            announce: None,
         };
         if !req.token.is_empty() {
             let t = self.verify_sub_token(&req.token, &req.channel, &user)?;
             params.chan_info = t.info;
             params.data = t.data;
             params.expire_at = t.expire_at;
-        } else if name.private {
+        } else if name.private || (name.is_user_limited() && !name.allows_user(&user)) {
             return Err(ERROR_PERMISSION_DENIED.into());
-        } else if name.is_user_limited() {
-            if !name.allows_user(&user) {
-                return Err(ERROR_PERMISSION_DENIED.into());
+        } else if opts.proxy_subscribe {
+            let r = self.ask_subscribe_proxy(&req, &user).await?;
+            params.chan_info = backend_payload(Kind::Subscribe, "info", &r.info, &r.b64info)?;
+            params.data = backend_payload(Kind::Subscribe, "data", &r.data, &r.b64data)?;
+            params.expire_at = expire_at(r.expire_at);
+            params.proxy_refresh = params.expire_at.is_some() && opts.proxy_sub_refresh;
+            if let Some(o) = r.override_ {
+                params.presence = o.presence.map(|v| v.value);
+                params.announce = o.join_leave.map(|v| v.value);
+                params.recoverable |= o.force_recovery.is_some_and(|v| v.value);
+                params.positioned |= o.force_positioning.is_some_and(|v| v.value);
             }
-        } else if !opts.allow_subscribe {
+        } else if !name.is_user_limited() && !opts.allow_subscribe {
             return Err(ERROR_PERMISSION_DENIED.into());
         }
         let mut j = self.join_room(&req.channel, opts, params).await?;
@@ -115,6 +173,30 @@ impl Conn {
         );
         self.announce_join(&j).await;
         Ok(())
+    }
+
+    async fn ask_subscribe_proxy(
+        &self,
+        req: &SubscribeRequest,
+        user: &str,
+    ) -> Outcome<shared::proxy::SubscribeResult> {
+        let proxy = self
+            .node
+            .proxy
+            .as_ref()
+            .expect("bug: validated: proxy_subscribe needs a subscribe proxy");
+        let call = shared::proxy::SubscribeRequest {
+            conn: ConnFields::new(&self.client),
+            user: user.to_owned(),
+            channel: req.channel.clone(),
+            token: String::new(),
+            data: req.data.clone(),
+        };
+        let decision = proxy
+            .subscribe(self.headers.as_ref(), &call)
+            .await
+            .map_err(|e| proxy_failed(Kind::Subscribe, &self.client, e))?;
+        allowed(decision)
     }
 
     /// Check a subscription token for `channel`. Invalid: 103; for another user,
@@ -155,7 +237,9 @@ impl Conn {
         let history = opts.history();
         let recoverable = history.is_some() && (p.recoverable || opts.force_recovery);
         let positioned = history.is_some() && (recoverable || p.positioned);
-        let join_leave = opts.join_leave && p.join_leave;
+        let presence = p.presence.unwrap_or(opts.presence);
+        let announce = p.announce.unwrap_or(opts.join_leave);
+        let join_leave = announce && p.join_leave;
         let channel: Arc<str> = channel.into();
         let entry = Arc::new(Subscriber::new(
             channel.clone(),
@@ -172,20 +256,26 @@ impl Conn {
                 conn_info: s.conn_info.clone(),
                 chan_info: p.chan_info.clone(),
             };
-            let expires = p.expire_at.map(|t| {
-                Instant::now()
-                    + Duration::from_secs(t.saturating_sub(now_unix))
-                    + cfg.expired_sub_close_delay
-            });
+            // The sub_refresh proxy is asked at expiry; a token holder gets a
+            // grace period to refresh.
+            let grace = if p.proxy_refresh {
+                Duration::ZERO
+            } else {
+                cfg.expired_sub_close_delay
+            };
+            let expires = p
+                .expire_at
+                .map(|t| Instant::now() + Duration::from_secs(t.saturating_sub(now_unix)) + grace);
             s.subs.insert(
                 channel.clone(),
                 Sub {
                     entry: entry.clone(),
                     info: info.clone(),
                     server_side: p.server_side,
-                    presence: opts.presence,
-                    join_leave: opts.join_leave,
+                    presence,
+                    join_leave: announce,
                     expires,
+                    proxy_refresh: p.proxy_refresh,
                 },
             );
             s.timers_dirty |= expires.is_some();
@@ -202,7 +292,7 @@ impl Conn {
                 return Err(f);
             }
         };
-        if opts.presence {
+        if presence {
             if let Err(e) = self.node.broker.presence_add(&channel, &info).await {
                 self.drop_subscription(&entry, false).await;
                 return Err(internal(e));
@@ -210,7 +300,7 @@ impl Conn {
         }
         let (mut result, position) = synced;
         result.data = p.data;
-        if let (Some(t), Some(_)) = (p.expire_at, expires) {
+        if let (Some(t), Some(_), false) = (p.expire_at, expires, p.proxy_refresh) {
             result.expires = true;
             result.ttl = ttl_secs(t, now_unix);
         }
@@ -219,7 +309,7 @@ impl Conn {
             result,
             position,
             info,
-            join_leave: opts.join_leave,
+            join_leave: announce,
         })
     }
 
@@ -359,20 +449,20 @@ impl Conn {
         &self,
         channel: &str,
         sub_id: u64,
-        code: UnsubscribeCode,
+        code: &UnsubscribeCode,
     ) {
         let entry = self.sub_entry(channel).filter(|entry| entry.id == sub_id);
         let Some(entry) = entry else {
             return;
         };
         match self.drop_subscription(&entry, true).await {
-            Some(true) if code == UNSUBSCRIBE_EXPIRED => self.out.close(DISCONNECT_SUB_EXPIRED),
-            Some(true) if code == UNSUBSCRIBE_INSUFFICIENT_STATE => {
+            Some(true) if *code == UNSUBSCRIBE_EXPIRED => self.out.close(DISCONNECT_SUB_EXPIRED),
+            Some(true) if *code == UNSUBSCRIBE_INSUFFICIENT_STATE => {
                 self.out.close(DISCONNECT_INSUFFICIENT_STATE)
             }
             Some(_) => {
                 self.out.push(Bytes::from(protocol::encode_unsubscribe_push(
-                    channel, code,
+                    channel, *code,
                 )));
             }
             None => {}

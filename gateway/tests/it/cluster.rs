@@ -355,6 +355,7 @@ async fn control_commands_and_the_node_registry_span_nodes() {
     let unsub = Control::Unsubscribe {
         user: "u".into(),
         channel: "room".into(),
+        client: String::new(),
     };
     a.node.broker.publish_control(&unsub).await.unwrap();
     let p = u.push("room").await;
@@ -363,6 +364,8 @@ async fn control_commands_and_the_node_registry_span_nodes() {
         user: "u".into(),
         code: 3503,
         reason: "force disconnect".into(),
+        client: String::new(),
+        whitelist: Vec::new(),
     };
     a.node.broker.publish_control(&bye).await.unwrap();
     assert_eq!(u.closed().await, (3503, "force disconnect".to_string()));

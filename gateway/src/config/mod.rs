@@ -3,7 +3,8 @@
 //!
 //! Environment names are a public contract: `GATEWAY_LISTEN`,
 //! `GATEWAY_TOKEN_HMAC_SECRET`, `GATEWAY_API_KEY`, `GATEWAY_REDIS_URL`,
-//! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_ALLOWED_ORIGINS` (comma-separated).
+//! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_ALLOWED_ORIGINS` (comma-separated),
+//! `GATEWAY_API_LISTEN`. One file per section.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,29 +13,22 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shared::auth::KeyConfig;
+use shared::channel::ChannelName;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("parse {path}: {source}")]
-    Parse {
-        path: String,
-        source: Box<toml::de::Error>,
-    },
-    #[error("invalid configuration: {field}: {message}")]
-    Invalid { field: String, message: String },
-}
+mod api;
+mod channel;
+mod client;
+mod error;
+mod proxy;
+mod redis;
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
+pub use api::ApiConfig;
+pub use channel::ChannelOptions;
+pub use client::ClientConfig;
+use error::invalid;
+pub use error::ConfigError;
+pub use proxy::ProxyConfig;
+pub use redis::RedisSection;
 
 /// Everything a gateway node is configured with.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +61,10 @@ pub struct Config {
     pub redis: RedisSection,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// The server HTTP API.
+    pub api: ApiConfig,
+    /// Calls to the application backend.
+    pub proxy: ProxyConfig,
 }
 
 impl Default for Config {
@@ -84,6 +82,8 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(5),
             redis: RedisSection::default(),
             shutdown: ShutdownConfig::default(),
+            api: ApiConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -95,190 +95,28 @@ fn default_node_name() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "gateway".into())
 }
+/// Why a channel name cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelError {
+    Empty,
+    /// Longer than `client.max_channel_length`.
+    TooLong,
+    /// Its namespace is not configured.
+    UnknownNamespace,
+}
 
-/// Limits and timers of one client connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ClientConfig {
-    /// Close with 3502 when no `connect` arrives within this. Default 10s.
+pub struct ShutdownConfig {
+    /// On SIGTERM, how long clients get to go before the process exits. Default 25s.
     #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Server ping interval. Default 25s.
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// Close with 3012 when a ping is not answered within this; 0 disables pongs.
-    /// Default 8s.
-    #[serde(with = "humantime_serde")]
-    pub pong_timeout: Duration,
-    /// Grace after a connection token expires before closing with 3005. Default 25s.
-    #[serde(with = "humantime_serde")]
-    pub expired_close_delay: Duration,
-    /// Grace after a subscription token expires before the 2501 unsubscribe. Default 25s.
-    #[serde(with = "humantime_serde")]
-    pub expired_sub_close_delay: Duration,
-    /// Bytes queued for one client before it is closed with 3008. Default 1 MiB.
-    pub queue_max_bytes: usize,
-    /// A write to a client that does not complete within this ends the connection.
-    /// Default 10s.
-    #[serde(with = "humantime_serde")]
-    pub write_timeout: Duration,
-    /// After sending a close frame, how long to wait for the client's close reply.
-    /// Default 2s.
-    #[serde(with = "humantime_serde")]
-    pub close_timeout: Duration,
-    /// Largest incoming WebSocket message. Default 64 KiB.
-    pub max_message_bytes: usize,
-    /// Subscriptions per connection (error 106 beyond). Default 128.
-    pub max_subscriptions: usize,
-    /// Longest channel name in bytes (error 107 beyond). Default 255.
-    pub max_channel_length: usize,
-    /// Publications per second one connection may make (error 111 beyond); 0 is
-    /// unlimited. Default 50.
-    pub publish_rate_per_sec: u32,
-    /// Burst allowance for `publish_rate_per_sec`. Default 100.
-    pub publish_burst: u32,
-    /// Connections this node accepts; more get HTTP 503 so the client retries
-    /// (another node, after backoff). Default 500000.
-    pub max_connections: usize,
-    /// Allowed `Origin` values (`*` for any). Requests without Origin, and requests
-    /// whose Origin host equals the Host header, are always accepted. Default empty.
-    pub allowed_origins: Vec<String>,
-    /// Accept a `connect` without a token as an anonymous user. Default false.
-    pub allow_anonymous_connect_without_token: bool,
-    /// Cap for `history` limits (and `limit: -1`). Default 300.
-    pub history_max_publication_limit: usize,
-    /// Most publications one recovery returns; a larger gap is `recovered:false`.
-    /// Default 300.
-    pub recovery_max_publication_limit: usize,
+    pub grace_period: Duration,
 }
 
-impl Default for ClientConfig {
+impl Default for ShutdownConfig {
     fn default() -> Self {
-        ClientConfig {
-            connect_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(25),
-            pong_timeout: Duration::from_secs(8),
-            expired_close_delay: Duration::from_secs(25),
-            expired_sub_close_delay: Duration::from_secs(25),
-            queue_max_bytes: 1 << 20,
-            write_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(2),
-            max_message_bytes: 64 << 10,
-            max_subscriptions: 128,
-            max_channel_length: 255,
-            publish_rate_per_sec: 50,
-            publish_burst: 100,
-            max_connections: 500_000,
-            allowed_origins: Vec::new(),
-            allow_anonymous_connect_without_token: false,
-            history_max_publication_limit: 300,
-            recovery_max_publication_limit: 300,
-        }
-    }
-}
-
-/// Options of a channel, from its namespace (or the top level).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ChannelOptions {
-    /// Publications kept per room; 0 disables history, positioning and recovery.
-    /// Default 100.
-    pub history_size: usize,
-    /// How long history lives after the last publication. Default 300s.
-    #[serde(with = "humantime_serde")]
-    pub history_ttl: Duration,
-    /// How long a room's position (offset, epoch) outlives its publications. Default 7 days.
-    #[serde(with = "humantime_serde")]
-    pub history_meta_ttl: Duration,
-    /// Track who is in a room; subscribers may call presence and presence_stats.
-    /// Default true.
-    pub presence: bool,
-    /// Announce joins and leaves; delivered to subscribers that asked (`join_leave`).
-    /// Default false.
-    pub join_leave: bool,
-    /// Subscribers may publish. Default true.
-    pub allow_publish: bool,
-    /// Any authenticated user may subscribe; otherwise a subscription token or the
-    /// `channels` claim is needed. Default true.
-    pub allow_subscribe: bool,
-    /// Every subscription is recoverable, whether the client asked or not. Default false.
-    pub force_recovery: bool,
-}
-
-impl Default for ChannelOptions {
-    fn default() -> Self {
-        ChannelOptions {
-            history_size: 100,
-            history_ttl: Duration::from_secs(300),
-            history_meta_ttl: Duration::from_secs(7 * 24 * 3600),
-            presence: true,
-            join_leave: false,
-            allow_publish: true,
-            allow_subscribe: true,
-            force_recovery: false,
-        }
-    }
-}
-
-impl ChannelOptions {
-    pub fn history(&self) -> Option<fanout::HistoryOptions> {
-        (self.history_size > 0 && !self.history_ttl.is_zero()).then_some(fanout::HistoryOptions {
-            size: self.history_size,
-            ttl: self.history_ttl,
-            meta_ttl: self.history_meta_ttl,
-        })
-    }
-
-    fn validate(&self, field: &str) -> Result<(), ConfigError> {
-        if self.history_size > 0 && self.history_ttl.is_zero() {
-            return Err(invalid(
-                format!("{field}.history_ttl"),
-                "must be > 0 when history_size > 0",
-            ));
-        }
-        if self.history_size > 0 && self.history_meta_ttl < self.history_ttl {
-            return Err(invalid(
-                format!("{field}.history_meta_ttl"),
-                "must be >= history_ttl",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Redis engine settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisSection {
-    /// Prefix of every key and channel, so several deployments can share a Redis.
-    /// Default `gw`.
-    pub prefix: String,
-    /// Dedicated pub/sub connections rooms are spread over. Default 4.
-    pub pubsub_shards: usize,
-    /// Ordered delivery workers. Default 4.
-    pub workers: usize,
-    /// Presence entries of a node that stops refreshing them (it crashed) expire
-    /// after this. Default 60s.
-    #[serde(with = "humantime_serde")]
-    pub presence_ttl: Duration,
-    /// Timeout of one Redis command and of connecting. Default 5s.
-    #[serde(with = "humantime_serde")]
-    pub command_timeout: Duration,
-    /// How often connections are probed; a silent one is restarted. Default 5s.
-    #[serde(with = "humantime_serde")]
-    pub probe_interval: Duration,
-}
-
-impl Default for RedisSection {
-    fn default() -> Self {
-        let d = fanout::RedisConfig::default();
-        RedisSection {
-            prefix: d.prefix,
-            pubsub_shards: d.pubsub_shards,
-            workers: d.workers,
-            presence_ttl: d.presence_ttl,
-            command_timeout: d.command_timeout,
-            probe_interval: d.probe_interval,
+        ShutdownConfig {
+            grace_period: Duration::from_secs(25),
         }
     }
 }
@@ -297,22 +135,6 @@ impl Config {
             probe_interval: r.probe_interval,
             ..fanout::RedisConfig::default()
         })
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// On SIGTERM, how long clients get to go before the process exits. Default 25s.
-    #[serde(with = "humantime_serde")]
-    pub grace_period: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig {
-            grace_period: Duration::from_secs(25),
-        }
     }
 }
 
@@ -359,6 +181,9 @@ impl Config {
         }
         if let Some(v) = var("GATEWAY_API_KEY") {
             self.api_key = Some(v);
+        }
+        if let Some(v) = var("GATEWAY_API_LISTEN") {
+            self.api.listen = Some(v).filter(|s| !s.is_empty());
         }
         if let Some(v) = var("GATEWAY_REDIS_URL") {
             self.redis_url = Some(v).filter(|s| !s.is_empty());
@@ -465,7 +290,9 @@ impl Config {
                 "must be > 0 when publish_rate_per_sec is set",
             ));
         }
-        self.channel.validate("channel")?;
+        self.api.validate()?;
+        self.proxy.validate()?;
+        self.channel.validate("channel", &self.proxy)?;
         for (name, ns) in &self.namespaces {
             if name.is_empty() || name.contains(shared::channel::NAMESPACE_SEPARATOR) {
                 return Err(invalid(
@@ -473,12 +300,30 @@ impl Config {
                     "namespace names must be non-empty and have no ':'",
                 ));
             }
-            ns.validate(&format!("namespaces.{name}"))?;
+            ns.validate(&format!("namespaces.{name}"), &self.proxy)?;
         }
         if self.shutdown.grace_period.is_zero() {
             return Err(invalid("shutdown.grace_period", "must be > 0"));
         }
         Ok(())
+    }
+
+    /// Check a channel name and find its options.
+    pub fn resolve_channel<'c, 'n>(
+        &'c self,
+        channel: &'n str,
+    ) -> Result<(ChannelName<'n>, &'c ChannelOptions), ChannelError> {
+        if channel.is_empty() {
+            return Err(ChannelError::Empty);
+        }
+        if channel.len() > self.client.max_channel_length {
+            return Err(ChannelError::TooLong);
+        }
+        let name = ChannelName::parse(channel);
+        let opts = self
+            .channel_options(name.namespace)
+            .ok_or(ChannelError::UnknownNamespace)?;
+        Ok((name, opts))
     }
 
     /// The options of `namespace` (`None`: top level); `None` for an unknown one.
