@@ -1,5 +1,6 @@
 //! Integration tests: real gateways on 127.0.0.1:0, real WebSocket clients over TCP.
 
+mod api;
 mod auth;
 mod cluster;
 mod delivery;

@@ -71,11 +71,29 @@ impl TestGateway {
     }
 
     pub async fn with_broker(config: Config, broker: Arc<dyn fanout::Broker>) -> Self {
+        Self::serve(config, broker, None).await
+    }
+
+    /// A node (in-memory broker) with the server API on `api`, not the client port.
+    pub async fn with_api_listener(
+        api: tokio::net::TcpListener,
+        f: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut c = test_config();
+        f(&mut c);
+        Self::serve(c, fanout::MemoryBroker::new(), Some(api)).await
+    }
+
+    async fn serve(
+        config: Config,
+        broker: Arc<dyn fanout::Broker>,
+        api: Option<tokio::net::TcpListener>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let node = Node::new(config, broker).expect("node starts");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway::run(listener, node.clone(), async move {
+        let task = tokio::spawn(gateway::run_with(listener, api, node.clone(), async move {
             let _ = stopped.await;
         }));
         TestGateway {
@@ -487,4 +505,53 @@ pub fn client_id(connect_result: &Value) -> String {
 /// An embedded JSON value for token claims (`info`, `data`).
 pub fn raw(json: &str) -> shared::protocol::Raw {
     shared::protocol::raw_from_slice(json.as_bytes()).expect("valid JSON")
+}
+
+// ---------------------------------------------------------------------------------
+// Added for the server API and proxy modules.
+// ---------------------------------------------------------------------------------
+
+/// A plain HTTP/1.1 POST with `headers`; returns the status code, the response
+/// headers (lower-case names) and the body.
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("tcp connect in time")
+        .expect("tcp connect");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    // A server may answer (413) before reading a large body, and close.
+    let _ = stream.write_all(&bytes).await;
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .ok();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }
