@@ -2,12 +2,14 @@
 
 mod api;
 mod auth;
+mod backend;
 mod cluster;
 mod delivery;
 mod layout;
 mod lifecycle;
 mod limits;
 mod protocol;
+mod proxy;
 mod readme;
 mod recovery;
 mod sdk;

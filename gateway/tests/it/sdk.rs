@@ -1,6 +1,7 @@
 //! The real centrifuge-js SDK (npm `centrifuge`, pinned in `tests/sdk/package.json`)
 //! against a gateway: connect, publish, presence, history and recovery after a
-//! reconnect, driven by `tests/sdk/interop.mjs` under Node. `scripts/test` installs
+//! reconnect, driven by `tests/sdk/interop.mjs` under Node; and the SDK through
+//! the backend proxies (`tests/sdk/proxy.mjs`). `scripts/test` installs
 //! Node's packages; without them this test fails rather than skips.
 
 use std::path::{Path, PathBuf};
@@ -42,14 +43,18 @@ async fn require_node(dir: &Path) {
 
 /// Run the script with client A on `url_a` and client B on `url_b`.
 async fn run_interop(url_a: String, url_b: String) {
+    let args = [format!("{url_a},{url_b}"), token("alice"), token("bob")];
+    run_script("interop.mjs", &args).await;
+}
+
+/// Run `script` (in `tests/sdk`) with `args`; it must end with `{"ok":true}`.
+async fn run_script(script: &str, args: &[String]) {
     let dir = sdk_dir();
     require_node(&dir).await;
 
     let child = tokio::process::Command::new("node")
-        .arg(dir.join("interop.mjs"))
-        .arg(format!("{url_a},{url_b}"))
-        .arg(token("alice"))
-        .arg(token("bob"))
+        .arg(dir.join(script))
+        .args(args)
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -59,7 +64,7 @@ async fn run_interop(url_a: String, url_b: String) {
         .expect("spawn node");
     let out = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("interop.mjs did not finish within {SCRIPT_TIMEOUT:?}"))
+        .unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_TIMEOUT:?}"))
         .expect("wait for node");
 
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -70,17 +75,17 @@ async fn run_interop(url_a: String, url_b: String) {
             out.status
         )
     };
-    assert!(out.status.success(), "interop.mjs failed\n{}", report());
+    assert!(out.status.success(), "{script} failed\n{}", report());
     let last: Value = stdout
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("interop.mjs printed no final JSON line\n{}", report()));
+        .unwrap_or_else(|| panic!("{script} printed no final JSON line\n{}", report()));
     assert_eq!(
         last["ok"],
         Value::Bool(true),
-        "interop.mjs did not report ok\n{}",
+        "{script} did not report ok\n{}",
         report()
     );
     // Shown with --nocapture: the steps the SDK went through.
@@ -100,4 +105,34 @@ async fn centrifuge_js_across_two_nodes_sharing_redis() {
     let a = TestGateway::on_redis(&redis.url(), |c| c.channel.join_leave = true).await;
     let b = TestGateway::on_redis(&redis.url(), |c| c.channel.join_leave = true).await;
     run_interop(a.url(), b.url()).await;
+}
+
+/// The SDK through the proxies: connected by a session cookie with no token, a
+/// subscription refused with the backend's own error, a publication rewritten.
+#[tokio::test]
+async fn centrifuge_js_through_the_backend_proxies() {
+    let backend = crate::backend::Backend::start().await;
+    let gw = TestGateway::with(|c| {
+        c.proxy.connect_url = Some(backend.url("connect"));
+        c.proxy.subscribe_url = Some(backend.url("subscribe"));
+        c.proxy.publish_url = Some(backend.url("publish"));
+        c.namespaces.insert(
+            "vip".into(),
+            gateway::config::ChannelOptions {
+                proxy_subscribe: true,
+                ..Default::default()
+            },
+        );
+        c.namespaces.insert(
+            "mod".into(),
+            gateway::config::ChannelOptions {
+                proxy_publish: true,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    run_script("proxy.mjs", &[gw.url(), "session=alice".into()]).await;
+    assert_eq!(backend.calls("connect").len(), 1);
+    assert_eq!(backend.calls("publish").len(), 1);
 }
