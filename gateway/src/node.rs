@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout::broker::{Control, NodeInfo};
-use fanout::Broker;
+use fanout::{Broker, HistoryPage, HistoryQuery};
 use shared::auth::Verifier;
+use shared::protocol::StreamPosition;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{ChannelOptions, Config, ConfigError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -118,7 +119,51 @@ impl Node {
     }
 }
 
+/// Why a history read gave no page.
+#[derive(Debug)]
+pub(crate) enum HistoryError {
+    /// `reverse` from offset 0 asks for nothing that exists (107).
+    ReverseFromZero,
+    /// The `since` epoch is not the stream's (112).
+    EpochChanged,
+    Broker(fanout::BrokerError),
+}
+
 impl Node {
+    /// Read `channel`'s history as clients and the API ask for it: at most
+    /// `limit` publications (a negative limit, or one over
+    /// `client.history_max_publication_limit`, is that cap; 0 is only the
+    /// position), after (or with `reverse`, before) `since`.
+    pub(crate) async fn read_history(
+        &self,
+        channel: &str,
+        opts: &ChannelOptions,
+        since: Option<StreamPosition>,
+        limit: i32,
+        reverse: bool,
+    ) -> Result<HistoryPage, HistoryError> {
+        if reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
+            return Err(HistoryError::ReverseFromZero);
+        }
+        let max = self.config.client.history_max_publication_limit;
+        let limit = usize::try_from(limit).map_or(max, |l| l.min(max));
+        let since_epoch = since.as_ref().map(|s| s.epoch.clone()).unwrap_or_default();
+        let query = HistoryQuery {
+            since,
+            limit: Some(limit),
+            reverse,
+        };
+        let page = self
+            .broker
+            .history(channel, query, opts.history_meta_ttl)
+            .await
+            .map_err(HistoryError::Broker)?;
+        if !since_epoch.is_empty() && since_epoch != page.position.epoch {
+            return Err(HistoryError::EpochChanged);
+        }
+        Ok(page)
+    }
+
     /// Every room with subscribers on any live node whose name matches the glob
     /// `pattern`, with its subscriber count over all nodes. Waits for every live
     /// node's answer, or `api.survey_timeout`.

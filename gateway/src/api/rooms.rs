@@ -1,7 +1,6 @@
 //! What the cluster knows of rooms and nodes: `presence`, `presence_stats`,
 //! `history`, `history_remove`, `channels` and `info`.
 
-use fanout::HistoryQuery;
 use shared::api::{
     ApiError, ApiResult, ChannelInfo, ChannelRequest, ChannelsRequest, ChannelsResult, EmptyResult,
     HistoryRequest, HistoryResult, InfoResult, NodeResult, PresenceResult, PresenceStatsResult,
@@ -9,7 +8,7 @@ use shared::api::{
 use shared::codes::{ERROR_NOT_AVAILABLE, ERROR_UNRECOVERABLE_POSITION};
 
 use super::channel::{internal, resolve};
-use crate::node::Node;
+use crate::node::{HistoryError, Node};
 
 pub(crate) async fn presence(node: &Node, req: ChannelRequest) -> ApiResult<PresenceResult> {
     if !resolve(node, &req.channel)?.presence {
@@ -44,29 +43,14 @@ pub(crate) async fn history(node: &Node, req: HistoryRequest) -> ApiResult<Histo
     if opts.history().is_none() {
         return Err(ERROR_NOT_AVAILABLE.into());
     }
-    if req.reverse && req.since.as_ref().is_some_and(|s| s.offset == 0) {
-        return Err(ApiError::bad_request("reverse with since.offset 0"));
-    }
-    let max = node.config.client.history_max_publication_limit;
-    let limit = usize::try_from(req.limit).map_or(max, |l| l.min(max));
-    let since_epoch = req
-        .since
-        .as_ref()
-        .map(|s| s.epoch.clone())
-        .unwrap_or_default();
-    let query = HistoryQuery {
-        since: req.since,
-        limit: Some(limit),
-        reverse: req.reverse,
-    };
     let page = node
-        .broker
-        .history(&req.channel, query, opts.history_meta_ttl)
+        .read_history(&req.channel, opts, req.since, req.limit, req.reverse)
         .await
-        .map_err(internal)?;
-    if !since_epoch.is_empty() && since_epoch != page.position.epoch {
-        return Err(ERROR_UNRECOVERABLE_POSITION.into());
-    }
+        .map_err(|e| match e {
+            HistoryError::ReverseFromZero => ApiError::bad_request("reverse with since.offset 0"),
+            HistoryError::EpochChanged => ERROR_UNRECOVERABLE_POSITION.into(),
+            HistoryError::Broker(e) => internal(e),
+        })?;
     Ok(HistoryResult {
         publications: page.publications,
         epoch: page.position.epoch,

@@ -2,7 +2,6 @@
 //! connection is subscribed to (publish with its rate limit and proxy), and the
 //! RPC proxy.
 
-use fanout::HistoryQuery;
 use shared::codes::*;
 use shared::protocol::{
     EmptyResult, HistoryRequest, HistoryResult, PresenceResult, PresenceStatsResult, Publication,
@@ -12,6 +11,7 @@ use shared::proxy::ConnFields;
 use tokio::time::Instant;
 
 use super::session::{allowed, backend_payload, internal, proxy_failed, Conn, Outcome};
+use crate::node::HistoryError;
 use crate::proxy::Kind;
 
 impl Conn {
@@ -153,33 +153,15 @@ impl Conn {
         }
         self.subscribed_info(&req.channel)
             .ok_or(ERROR_PERMISSION_DENIED)?;
-        if req.reverse && req.since.as_ref().is_some_and(|s| s.offset == 0) {
-            return Err(ERROR_BAD_REQUEST.into());
-        }
-        let max = self.node.config.client.history_max_publication_limit;
-        let limit = match req.limit {
-            l if l < 0 => max,
-            l => (l as usize).min(max),
-        };
-        let since_epoch = req
-            .since
-            .as_ref()
-            .map(|s| s.epoch.clone())
-            .unwrap_or_default();
-        let query = HistoryQuery {
-            since: req.since,
-            limit: Some(limit),
-            reverse: req.reverse,
-        };
         let page = self
             .node
-            .broker
-            .history(&req.channel, query, opts.history_meta_ttl)
+            .read_history(&req.channel, opts, req.since, req.limit, req.reverse)
             .await
-            .map_err(internal)?;
-        if !since_epoch.is_empty() && since_epoch != page.position.epoch {
-            return Err(ERROR_UNRECOVERABLE_POSITION.into());
-        }
+            .map_err(|e| match e {
+                HistoryError::ReverseFromZero => ERROR_BAD_REQUEST.into(),
+                HistoryError::EpochChanged => ERROR_UNRECOVERABLE_POSITION.into(),
+                HistoryError::Broker(e) => internal(e),
+            })?;
         Ok(ReplyBody::History(HistoryResult {
             publications: page.publications,
             epoch: page.position.epoch,
