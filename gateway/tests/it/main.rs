@@ -7,6 +7,7 @@ mod layout;
 mod lifecycle;
 mod limits;
 mod protocol;
+mod python;
 mod readme;
 mod recovery;
 mod sdk;
