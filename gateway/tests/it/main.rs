@@ -10,6 +10,7 @@ mod lifecycle;
 mod limits;
 mod protocol;
 mod proxy;
+mod python;
 mod readme;
 mod recovery;
 mod sdk;
