@@ -120,15 +120,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 2 => u64::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
                 _ => u64::from_be_bytes(self.buf[2..10].try_into().expect("bug: 8 bytes")),
             };
+            // RFC 6455 5.2: the most significant bit of a 64-bit length must be 0.
+            if len >> 63 != 0 {
+                return Err(ReadError::Protocol("frame length with the top bit set"));
+            }
             let control = opcode & 0x08 != 0;
             if control && (!fin || len > 125) {
                 return Err(ReadError::Protocol("bad control frame"));
             }
             let so_far = self.partial.as_ref().map_or(0, |(_, p)| p.len()) as u64;
-            if !control && so_far + len > self.max_message as u64 {
+            // Checked: a continuation declaring a length near 2^64 once overflowed
+            // this sum, passed the limit and panicked reserving the buffer.
+            let total = so_far.checked_add(len);
+            let limit = if control {
+                125
+            } else {
+                self.max_message as u64
+            };
+            if total.is_none_or(|t| t > limit) {
                 return Err(ReadError::TooLarge);
             }
-            let len = len as usize;
+            let len = usize::try_from(len).map_err(|_| ReadError::TooLarge)?;
             self.fill(header + len).await?;
             let mask: [u8; 4] = self.buf[header - 4..header]
                 .try_into()
@@ -332,6 +344,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A masked frame header declaring a 64-bit payload length (no payload).
+    fn header_with_length(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
+        let mut v = vec![(u8::from(fin) << 7) | opcode, 0x80 | 127];
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(&[1, 2, 3, 4]);
+        v
+    }
+
+    /// Regression: a continuation declaring a length near 2^64 after a first
+    /// fragment overflowed the size check and panicked reserving the buffer.
+    #[tokio::test]
+    async fn continuation_with_a_huge_length_is_refused_not_a_panic() {
+        for len in [u64::MAX, u64::MAX - 2, (1 << 63) + 5, (1 << 63) - 1] {
+            let mut wire = frame(false, 1, b"ab");
+            wire.extend(header_with_length(true, 0, len));
+            let mut r = FrameReader::new(&wire[..], 1 << 20);
+            let got = r.next().await;
+            assert!(
+                matches!(got, Err(ReadError::TooLarge) | Err(ReadError::Protocol(_))),
+                "{len}: {got:?}"
+            );
+        }
+        // The RFC's rule on its own: the top bit of a 64-bit length must be 0.
+        let wire = header_with_length(true, 1, 1 << 63);
+        let got = FrameReader::new(&wire[..], 1 << 20).next().await;
+        assert!(matches!(got, Err(ReadError::Protocol(_))), "{got:?}");
     }
 
     #[tokio::test]
