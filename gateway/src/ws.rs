@@ -42,12 +42,54 @@ pub(crate) async fn serve(node: Arc<Node>, ws: WebSocket<Io>, headers: Option<He
     let (_, mut tx) = fastwebsockets::after_handshake_split(tokio::io::empty(), wr, Role::Server);
     tx.set_writev_threshold(0);
     let mut rx = FrameReader::new(rd, node.config.client.max_message_bytes);
-    let conn = Conn::new(node.clone(), headers);
-    node.metrics.connections.inc();
-    node.metrics.connections_total.inc();
-    drive(&conn, &mut rx, &mut tx).await;
+    let guard = TeardownGuard::new(Conn::new(node, headers));
+    drive(guard.conn(), &mut rx, &mut tx).await;
+    guard.finish().await;
+}
+
+/// Counts a connection while it lives and leaves its rooms (hub, presence, user
+/// index) when it ends: normally through [`TeardownGuard::finish`], and from `Drop`
+/// if the task ends any other way (a panic, an aborted task), so that no slot or
+/// ghost member is left behind.
+struct TeardownGuard(Option<Arc<Conn>>);
+
+impl TeardownGuard {
+    fn new(conn: Arc<Conn>) -> Self {
+        conn.node.metrics.connections.inc();
+        conn.node.metrics.connections_total.inc();
+        TeardownGuard(Some(conn))
+    }
+
+    fn conn(&self) -> &Arc<Conn> {
+        self.0
+            .as_ref()
+            .expect("bug: the connection is taken only at the end")
+    }
+
+    async fn finish(mut self) {
+        if let Some(conn) = self.0.take() {
+            teardown(conn).await;
+        }
+    }
+}
+
+impl Drop for TeardownGuard {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            // A panic is reported by the panic hook; this only says what follows.
+            tracing::debug!(client = %conn.client, "connection task ended abnormally; releasing it");
+            // Without a runtime (the process is exiting) there is nothing to release.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let tasks = conn.node.tasks.clone();
+                tasks.spawn(teardown(conn));
+            }
+        }
+    }
+}
+
+async fn teardown(conn: Arc<Conn>) {
     conn.teardown().await;
-    node.metrics.connections.dec();
+    conn.node.metrics.connections.dec();
 }
 
 /// How far the client's side of the stream can still be read.
@@ -294,6 +336,38 @@ async fn write_parts<W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    /// A connection task that ends without finishing (here: dropped, as a panic
+    /// would drop it) still leaves its rooms and frees its slot.
+    #[tokio::test]
+    async fn a_connection_dropped_mid_flight_is_torn_down() {
+        let mut config = crate::Config::default();
+        config.token.hmac_secret = Some("s".into());
+        let node = crate::Node::new(config, fanout::MemoryBroker::new()).unwrap();
+        let token = shared::auth::mint_hs256(
+            "s",
+            &shared::auth::MintClaims {
+                sub: "u".into(),
+                ..Default::default()
+            },
+        );
+        let guard = super::TeardownGuard::new(crate::conn::Conn::new(node.clone(), None));
+        let frame = format!(
+            "{{\"id\":1,\"connect\":{{\"token\":\"{token}\"}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":\"room\"}}}}"
+        );
+        guard.conn().handle_frame(frame.as_bytes()).await.unwrap();
+        assert_eq!((node.hub.num_rooms(), node.hub.num_users()), (1, 1));
+        assert_eq!(node.metrics.connections.get(), 1);
+        drop(guard);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while node.metrics.connections.get() != 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never torn down");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!((node.hub.num_rooms(), node.hub.num_users()), (0, 0));
+        let presence = node.broker.presence("room").await.unwrap();
+        assert!(presence.is_empty(), "{presence:?}");
+    }
+
     /// What an idle connection's task carries, inline, for its whole life.
     #[tokio::test]
     async fn connection_task_stays_small() {
