@@ -1,8 +1,11 @@
 //! The fanout report (also the chat scenario's): one JSON object (`--json`) or a
 //! table for people.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
+use super::api::PublishVia;
 use crate::latency::LatencyUs;
 use crate::report::{self, Outcome, Report};
 
@@ -22,6 +25,25 @@ pub struct FanoutParameters {
     pub payload_bytes: usize,
     /// Publishing time.
     pub duration_seconds: f64,
+    /// `websocket` or `api`.
+    pub publish_via: PublishVia,
+}
+
+/// Publishing through the server API (`--publish-via api`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiFigures {
+    /// The publish endpoints, used round-robin.
+    pub urls: Vec<String>,
+    /// Keep-alive connections (lanes) per publisher, one request in flight each.
+    pub connections_per_publisher: u32,
+    /// Publish requests sent (answered or not).
+    pub requests: u64,
+    /// Publish request round trips (request written to response read);
+    /// `null` when none was answered.
+    pub request_latency_us: Option<LatencyUs>,
+    /// Failures by kind: `http <status>`, `error <API code>`, `reply` (not the
+    /// expected JSON), `timeout`, `io <kind>`, `closed`, `connect <kind>`.
+    pub errors: BTreeMap<String, u64>,
 }
 
 /// What a fanout run saw.
@@ -62,6 +84,9 @@ pub struct FanoutReport {
     pub offset_errors: u64,
     /// Messages that were neither replies nor publications of this run.
     pub unexpected_messages: u64,
+    /// Present when publishing through the server API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiFigures>,
     /// `ok`: no loss, duplicate, reordering or offset error, every expected
     /// delivery seen, and no connect, publish or connection error. `problems`: where
     /// things went wrong (room, publisher, sequence, connection).
@@ -95,6 +120,10 @@ impl Report for FanoutReport {
                 p.duration_seconds
             ),
         };
+        let plan = match p.publish_via {
+            PublishVia::Api => format!("{plan}, published through the server API"),
+            PublishVia::Websocket => plan,
+        };
         let mut rows: Vec<(&str, String)> = vec![
             ("scenario", self.scenario.clone()),
             ("urls", p.urls.join(", ")),
@@ -121,11 +150,33 @@ impl Report for FanoutReport {
                 ),
             ),
         ];
-        let latency = self
-            .latency_us
-            .as_ref()
-            .map_or_else(|| "no samples".into(), |l| l.to_string());
-        rows.push(("latency (us)", latency));
+        let latency = |l: &Option<LatencyUs>| {
+            l.as_ref()
+                .map_or_else(|| "no samples".into(), |l| l.to_string())
+        };
+        rows.push(("latency (us)", latency(&self.latency_us)));
+        if let Some(api) = &self.api {
+            let errors: Vec<String> = api
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            rows.push((
+                "api publish",
+                format!(
+                    "{} requests over {} connections per publisher to {}; errors: {}",
+                    api.requests,
+                    api.connections_per_publisher,
+                    api.urls.join(", "),
+                    if errors.is_empty() {
+                        "none".into()
+                    } else {
+                        errors.join(", ")
+                    }
+                ),
+            ));
+            rows.push(("api round trip (us)", latency(&api.request_latency_us)));
+        }
         rows.push((
             "order checks",
             format!(

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::api::ApiRun;
 use super::plan::Plan;
 use crate::dial::{Dialer, Session};
 use crate::latency::LatencyRecorder;
@@ -80,6 +81,8 @@ pub(crate) enum Ready {
 /// State shared by the coordinator and every connection task of one run.
 pub(crate) struct Run {
     pub(super) plan: Plan,
+    /// Set when publishers publish through the server API.
+    pub(super) api: Option<ApiRun>,
     pub(super) common: CommonOptions,
     pub(super) dialer: Dialer,
     pub(super) payload: usize,
