@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::sys::interrupted;
-use process::{ChildGuard, DirGuard};
+use process::{ChildGuard, DirGuard, POLL};
 
 /// Options of `loadtest cluster`.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,14 +63,10 @@ const GATEWAY_GRACE: &str = "5s";
 /// Bound on a process exiting after SIGTERM before it is killed (SIGKILL); above
 /// the grace period.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often start-up and shutdown are polled.
-const POLL: Duration = Duration::from_millis(50);
 /// Bound on one readiness probe (connect, request, status line).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Ports tried for Redis: a free port can be taken between the probe and the bind.
 const REDIS_PORT_ATTEMPTS: usize = 3;
-/// Log lines shown when a process fails to start.
-const LOG_TAIL_LINES: usize = 15;
 
 /// What a scenario needs to reach and use a cluster.
 #[derive(Debug, Clone)]

@@ -12,7 +12,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
-use super::{LOG_TAIL_LINES, POLL};
+/// How often start-up and shutdown are polled.
+pub(super) const POLL: Duration = Duration::from_millis(50);
+/// Log lines shown when a process fails to start.
+const LOG_TAIL_LINES: usize = 15;
 
 /// A child process that is killed (SIGKILL) and reaped when dropped;
 /// [`ChildGuard::stop`] asks it to end with SIGTERM first.

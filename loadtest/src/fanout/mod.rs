@@ -4,6 +4,7 @@
 //! are in; at the end the run waits, bounded, for in-flight deliveries and reports.
 
 mod api;
+mod lanes;
 mod plan;
 mod publisher;
 mod receiver;
@@ -30,13 +31,13 @@ use crate::report::{Problems, Stopwatch};
 use crate::stamp::validate_payload;
 use crate::sys;
 
+pub use api::ApiFigures;
 use api::ApiRun;
 pub use api::{PublishOptions, PublishVia};
 use plan::Plan;
-use publisher::PublisherDone;
 use receiver::Receiver;
-pub use report::{ApiFigures, FanoutParameters, FanoutReport};
-use state::{Counters, Ready, Run};
+pub use report::{FanoutParameters, FanoutReport};
+use state::{Counters, PublisherDone, Ready, Run};
 use tally::{count_published, count_received, Published, Received};
 
 /// Options of the `fanout` scenario.
@@ -136,7 +137,7 @@ pub async fn run(
         &mut problems,
     )
     .await;
-    let published = count_published(&run, opts, &dones, &mut problems);
+    let published = count_published(&run, opts.rooms, &dones, &mut problems);
     let expected = published.expected(&joined.receivers_in);
     let delivery_end = drain(&run, expected, &mut monitor).await;
     let receivers = stop(&run, tasks, &mut problems).await;

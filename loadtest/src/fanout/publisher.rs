@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::api;
+use super::lanes;
 use super::receiver::Receiver;
-use super::state::{open_session, Ready, Run};
+use super::state::{open_session, PublisherDone, Ready, Run};
 use crate::client::{ClientError, Inbound, Reply, Writer};
 use crate::dial::Session;
 use crate::stamp::{unix_micros, write_stamp};
@@ -27,39 +27,6 @@ const MAX_IN_FLIGHT: usize = 4096;
 const MAX_BURST: u64 = 256;
 /// Refused publications remembered per publisher, to tell their gaps from loss.
 const REFUSED_SAMPLES: usize = 10_000;
-
-/// A publisher's account, sent to the coordinator once its publishing is over.
-#[derive(Debug)]
-pub(crate) struct PublisherDone {
-    pub publisher: u32,
-    /// (room, stamp id, publications the server acked) of each of its streams.
-    pub acked: Vec<(u32, u32, u64)>,
-    /// Publications the server answered with an error (or, through the API, that
-    /// failed).
-    pub errors: u64,
-    pub first_error: Option<String>,
-    /// (room, stamp id, q) of refused publications (the first few thousand).
-    pub refused: Vec<(u32, u32, u64)>,
-    /// Sent but never answered within the drain timeout.
-    pub unanswered: u64,
-    /// Why publishing stopped early, if it did.
-    pub stopped: Option<String>,
-}
-
-impl PublisherDone {
-    /// The account of publisher `p` before it published.
-    pub(crate) fn new(p: u32, rooms: &[u32]) -> PublisherDone {
-        PublisherDone {
-            publisher: p,
-            acked: Vec::with_capacity(rooms.len()),
-            errors: 0,
-            first_error: None,
-            refused: Vec::new(),
-            unanswered: 0,
-            stopped: None,
-        }
-    }
-}
 
 /// Publications in flight and their outcomes; shared by the reader and writer halves.
 #[derive(Default)]
@@ -90,7 +57,7 @@ pub(crate) async fn publisher(
     let session = open_session(&run, conn, &rooms, true, ready).await?;
     let mut rx = Receiver::new(&run, conn, &rooms);
     if run.api.is_some() {
-        return Some(api::publisher(run.clone(), p, rooms, session, rx, done).await);
+        return Some(lanes::publisher(run.clone(), p, rooms, session, rx, done).await);
     }
     let Session {
         mut reader,

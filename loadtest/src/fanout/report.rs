@@ -1,11 +1,9 @@
 //! The fanout report (also the chat scenario's): one JSON object (`--json`) or a
 //! table for people.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
-use super::api::PublishVia;
+use super::api::{ApiFigures, PublishVia};
 use crate::latency::LatencyUs;
 use crate::report::{self, Outcome, Report};
 
@@ -27,23 +25,6 @@ pub struct FanoutParameters {
     pub duration_seconds: f64,
     /// `websocket` or `api`.
     pub publish_via: PublishVia,
-}
-
-/// Publishing through the server API (`--publish-via api`).
-#[derive(Debug, Clone, Serialize)]
-pub struct ApiFigures {
-    /// The publish endpoints, used round-robin.
-    pub urls: Vec<String>,
-    /// Keep-alive connections (lanes) per publisher, one request in flight each.
-    pub connections_per_publisher: u32,
-    /// Publish requests sent (answered or not).
-    pub requests: u64,
-    /// Publish request round trips (request written to response read);
-    /// `null` when none was answered.
-    pub request_latency_us: Option<LatencyUs>,
-    /// Failures by kind: `http <status>`, `error <API code>`, `reply` (not the
-    /// expected JSON), `timeout`, `io <kind>`, `closed`, `connect <kind>`.
-    pub errors: BTreeMap<String, u64>,
 }
 
 /// What a fanout run saw.

@@ -3,10 +3,8 @@
 
 use std::collections::HashSet;
 
-use super::publisher::PublisherDone;
 use super::receiver::Receiver;
-use super::state::{AnomalyKind, Run};
-use super::FanoutOptions;
+use super::state::{AnomalyKind, PublisherDone, Run};
 use crate::report::Problems;
 
 /// What the publishers' accounts add up to.
@@ -38,12 +36,12 @@ impl Published {
 /// Add up the publishers' accounts, and note their refusals and early stops.
 pub(super) fn count_published(
     run: &Run,
-    opts: &FanoutOptions,
+    rooms: u32,
     dones: &[PublisherDone],
     problems: &mut Problems,
 ) -> Published {
     let mut published = Published {
-        acked: (0..opts.rooms)
+        acked: (0..rooms)
             .map(|r| vec![0; run.plan.streams_in(r)])
             .collect(),
         refused: HashSet::new(),
