@@ -5,7 +5,7 @@
 
 use anyhow::{anyhow, bail};
 
-use crate::fanout::{self, FanoutOptions, FanoutReport};
+use crate::fanout::{self, FanoutOptions, FanoutReport, PublishOptions};
 use crate::options::CommonOptions;
 use crate::progress::ProgressFn;
 
@@ -28,6 +28,10 @@ pub struct ChatOptions {
     /// Room names are `<prefix>-<run id>-<n>`. Default `loadtest`.
     #[arg(long, hide_default_value = true, default_value = "loadtest")]
     pub room_prefix: String,
+    /// How members publish (as for fanout; --publish-via api opens --api-in-flight
+    /// HTTP connections per member).
+    #[command(flatten)]
+    pub publish: PublishOptions,
 }
 
 impl Default for ChatOptions {
@@ -38,6 +42,7 @@ impl Default for ChatOptions {
             rate: 1.0,
             payload: 64,
             room_prefix: "loadtest".into(),
+            publish: PublishOptions::default(),
         }
     }
 }
@@ -66,6 +71,7 @@ pub async fn run(
         rate: opts.rate * f64::from(members),
         payload: opts.payload,
         room_prefix: opts.room_prefix.clone(),
+        publish: opts.publish.clone(),
     };
     let mut report = fanout::run(common, &plan, progress).await?;
     report.scenario = "chat".into();

@@ -20,6 +20,11 @@ pub struct ConnectOptions {
     /// Default 512.
     #[arg(long, hide_default_value = true, default_value_t = 512)]
     pub concurrency: usize,
+    /// Connect without a token (ignoring --secret and --token): the gateway asks its
+    /// connect proxy (`[proxy] connect_url`; `loadtest backend`, or `loadtest
+    /// cluster --connect-proxy`), so the storm measures connects through it.
+    #[arg(long)]
+    pub no_token: bool,
 }
 
 impl Default for ConnectOptions {
@@ -27,6 +32,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             crowd: CrowdOptions::default(),
             concurrency: 512,
+            no_token: false,
         }
     }
 }
@@ -37,6 +43,8 @@ pub struct ConnectParameters {
     #[serde(flatten)]
     pub crowd: CrowdParameters,
     pub concurrency: usize,
+    /// Connected without tokens (through the connect proxy).
+    pub no_token: bool,
 }
 
 /// What a connect run saw.
@@ -64,7 +72,12 @@ impl Report for ConnectReport {
             ("urls", p.crowd.urls.join(", ")),
             (
                 "plan",
-                format!("{}, {} at once", p.crowd.describe(), p.concurrency),
+                format!(
+                    "{}, {} at once{}",
+                    p.crowd.describe(),
+                    p.concurrency,
+                    if p.no_token { ", without tokens" } else { "" }
+                ),
             ),
         ];
         rows.extend(self.connections.rows());
@@ -85,6 +98,17 @@ pub async fn run(
         bail!("--concurrency must be at least 1");
     }
     let mut problems = Problems::default();
+    let tokenless;
+    let common = if opts.no_token {
+        tokenless = CommonOptions {
+            secret: None,
+            token: None,
+            ..common.clone()
+        };
+        &tokenless
+    } else {
+        common
+    };
     let crowd = Crowd::assemble(
         common,
         &opts.crowd,
@@ -100,6 +124,7 @@ pub async fn run(
         parameters: ConnectParameters {
             crowd: CrowdParameters::new(common, &opts.crowd),
             concurrency: opts.concurrency,
+            no_token: opts.no_token,
         },
         outcome: watch.outcome(connections.clean(), problems),
         connections,

@@ -8,24 +8,31 @@
 //!   time): writing it, its fast parse from a push, and the `--payload` bound.
 //! - [`check`]: per-stream sequence checks and per-room offset checks.
 //! - [`latency`]: sharded HDR histograms of latencies in microseconds.
-//! - [`fanout`]: the fanout scenario (rooms, subscribers, publishers at a rate) and
-//!   its report.
+//! - [`fanout`]: the fanout scenario (rooms, subscribers, publishers at a rate,
+//!   publishing on their connection or through the server HTTP API) and its report.
 //! - [`chat`]: the chat scenario (every member of a room publishes and receives),
 //!   fanout's machinery with one publisher per member.
-//! - [`connect`]: the connection storm (setup latency, accept rate, failures by kind).
+//! - [`connect`]: the connection storm (setup latency, accept rate, failures by
+//!   kind), with tokens or without (through the gateways' connect proxy).
 //! - [`idle`]: connections held subscribed; gateway memory per connection.
 //! - [`soak`]: the soak scenario (members publish, drop their connection and
 //!   recover, for long runs): exactly-once in-order delivery across reconnects.
-//! - [`cluster`]: a throwaway local cluster (redis-server and gateway processes) to
+//! - [`cluster`]: a throwaway local cluster (redis-server and gateway processes,
+//!   a generated secret and API key, optionally the backend as connect proxy) to
 //!   run a scenario against.
+//! - [`backend`]: a stand-in application backend for the gateways' proxies (admits
+//!   every connect, counts the calls).
+//! - [`http`]: a small keep-alive HTTP/1.1 client and server side, for the API
+//!   publishers and the backend.
 //! - [`crowd`]: many connections held open answering pings, for connect and idle.
 //! - [`dial`]: opening numbered connections (URL, source address, token, bounded
 //!   concurrency) and stopping connection tasks.
 //! - [`report`]: what every report offers (verdict, problems, table) and shared pieces.
 //! - [`options`]: options every scenario shares (URLs, tokens, duration, bounds).
 //! - [`progress`]: progress snapshots handed to the caller while a scenario runs.
-//! - [`sys`]: CPU time used, the open-file limit, resident memory.
+//! - [`sys`]: CPU time used, the open-file limit, resident memory, Ctrl-C.
 
+pub mod backend;
 pub mod chat;
 pub mod check;
 pub mod client;
@@ -34,6 +41,7 @@ pub mod connect;
 pub mod crowd;
 pub mod dial;
 pub mod fanout;
+pub mod http;
 pub mod idle;
 pub mod latency;
 pub mod options;

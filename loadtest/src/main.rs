@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use loadtest::backend::BackendOptions;
 use loadtest::cluster::ClusterOptions;
 use loadtest::progress::ProgressFn;
 use loadtest::{
@@ -38,12 +39,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Scenario {
     /// Rooms of subscribers and publishers at a fixed rate: latency, loss,
-    /// duplicates, order.
+    /// duplicates, order. Publishers publish on their WebSocket connection or
+    /// through the server HTTP API (--publish-via api).
     Fanout(FanoutOptions),
     /// Rooms whose every member publishes at a rate and receives the room: the
     /// fanout checks with many publishers.
     Chat(ChatOptions),
-    /// A connection storm: setup latency, accept rate, failures by kind.
+    /// A connection storm: setup latency, accept rate, failures by kind; with
+    /// --no-token, through the gateways' connect proxy.
     Connect(ConnectOptions),
     /// Connections held subscribed for the duration: the gateway's memory per
     /// connection (--gateway-pid).
@@ -51,9 +54,14 @@ enum Scenario {
     /// Mixed load for long runs: members publish, drop their connection once per
     /// interval and recover; exactly-once in-order delivery across reconnects.
     Soak(SoakOptions),
-    /// Start redis-server and N gateway processes on loopback, run the scenario
-    /// given after `--` against them, and stop them.
+    /// Start redis-server and N gateway processes on loopback (with a generated
+    /// secret and API key; with --connect-proxy, the stand-in backend as their
+    /// connect proxy), run the scenario given after `--` against them, and stop them.
     Cluster(ClusterOptions),
+    /// A stand-in application backend for the gateways' proxies: admits every
+    /// connect as a user of its own, answers the other proxy calls with an empty
+    /// result, and prints its call counts on Ctrl-C.
+    Backend(BackendOptions),
 }
 
 fn main() -> ExitCode {
@@ -114,10 +122,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     runtime.block_on(async {
         match (&cli.scenario, &inner) {
             (Scenario::Cluster(o), Some(inner)) => {
-                loadtest::cluster::run(o, |url, secret| async move {
+                loadtest::cluster::run(o, |access| async move {
                     let common = CommonOptions {
-                        url,
-                        secret: Some(secret),
+                        url: access.urls,
+                        secret: Some(access.secret),
+                        api_key: Some(access.api_key),
                         ..inner.common.clone()
                     };
                     scenario(&common, &inner.scenario, progress, &done, json).await
@@ -130,11 +139,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
 }
 
 /// The scenario of `cluster ... -- <scenario>`: a loadtest command line of its own,
-/// checked before anything starts. The cluster provides --url and --secret.
+/// checked before anything starts. The cluster provides --url, --secret and
+/// --api-key.
 fn cluster_scenario(cli: &Cli, o: &ClusterOptions) -> anyhow::Result<Cli> {
     let env_secret = std::env::var("LOADTEST_SECRET").ok();
+    let env_api_key = std::env::var("LOADTEST_API_KEY").ok();
     let untouched = CommonOptions {
         secret: env_secret.clone(),
+        api_key: env_api_key.clone(),
         ..CommonOptions::default()
     };
     if format!("{:?}", cli.common) != format!("{untouched:?}") {
@@ -146,12 +158,13 @@ fn cluster_scenario(cli: &Cli, o: &ClusterOptions) -> anyhow::Result<Cli> {
         std::iter::once("loadtest").chain(o.scenario.iter().map(String::as_str)),
     )
     .unwrap_or_else(|e| e.exit());
-    if matches!(inner.scenario, Scenario::Cluster(_)) {
-        bail!("`cluster` runs a scenario, not another cluster");
+    if matches!(inner.scenario, Scenario::Cluster(_) | Scenario::Backend(_)) {
+        bail!("`cluster` runs a scenario, not another cluster or a backend");
     }
     let c = &inner.common;
-    if !c.url.is_empty() || c.token.is_some() || c.secret != env_secret {
-        bail!("the cluster provides --url and --secret: leave out --url, --secret and --token");
+    if !c.url.is_empty() || c.token.is_some() || c.secret != env_secret || c.api_key != env_api_key
+    {
+        bail!("the cluster provides --url, --secret and --api-key: leave out --url, --secret, --api-key and --token");
     }
     Ok(inner)
 }
@@ -178,6 +191,10 @@ async fn scenario(
         Scenario::Connect(o) => run!(loadtest::connect::run, o),
         Scenario::Idle(o) => run!(loadtest::idle::run, o),
         Scenario::Soak(o) => run!(loadtest::soak::run, o),
+        Scenario::Backend(o) => {
+            done();
+            loadtest::backend::serve(o).await
+        }
         Scenario::Cluster(_) => bail!("`cluster` runs a scenario, not another cluster"),
     }
 }
@@ -208,8 +225,9 @@ mod tests {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["loadtest", "fanout"]).unwrap();
         let expected = CommonOptions {
-            // --secret may come from the environment.
+            // --secret and --api-key may come from the environment.
             secret: std::env::var("LOADTEST_SECRET").ok(),
+            api_key: std::env::var("LOADTEST_API_KEY").ok(),
             ..CommonOptions::default()
         };
         assert_eq!(format!("{:?}", cli.common), format!("{expected:?}"));

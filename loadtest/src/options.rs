@@ -24,6 +24,10 @@ pub struct CommonOptions {
     /// unless anonymous connections are allowed).
     #[arg(long, global = true, conflicts_with = "secret")]
     pub token: Option<String>,
+    /// Key of the gateways' server HTTP API (their `api_key`), for publishing
+    /// through it (`fanout --publish-via api`). Default: none.
+    #[arg(long, env = "LOADTEST_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
     /// How long publishers publish, or `idle` holds its connections (humantime:
     /// 30s, 2m). Default 30s.
     #[arg(long, hide_default_value = true, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
@@ -52,6 +56,7 @@ impl Default for CommonOptions {
             url: Vec::new(),
             secret: None,
             token: None,
+            api_key: None,
             duration: Duration::from_secs(30),
             source_addr: Vec::new(),
             connect_concurrency: 256,

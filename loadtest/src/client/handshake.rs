@@ -19,22 +19,31 @@ pub struct Endpoint {
     pub url: String,
     /// The first address the host resolved to.
     pub addr: SocketAddr,
-    authority: String,
-    path_and_query: String,
+    pub(crate) authority: String,
+    pub(crate) path_and_query: String,
 }
 
 impl Endpoint {
     /// Parse `url` and resolve its host. Only `ws://` is supported (no TLS).
     pub async fn resolve(url: &str) -> Result<Endpoint, ClientError> {
+        Endpoint::resolve_scheme(url, "ws").await
+    }
+
+    /// [`Endpoint::resolve`] for an `http://` URL (the server API's).
+    pub async fn resolve_http(url: &str) -> Result<Endpoint, ClientError> {
+        Endpoint::resolve_scheme(url, "http").await
+    }
+
+    async fn resolve_scheme(url: &str, scheme: &str) -> Result<Endpoint, ClientError> {
         let bad = |reason: &str| ClientError::Url {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
         let uri: hyper::Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
         match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => return Err(bad("wss:// (TLS) is not supported")),
-            _ => return Err(bad("must start with ws://")),
+            Some(s) if s == scheme => {}
+            Some("wss" | "https") => return Err(bad("TLS is not supported")),
+            _ => return Err(bad(&format!("must start with {scheme}://"))),
         }
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
         let host = authority
@@ -107,12 +116,12 @@ pub async fn open(
         })?
 }
 
-async fn open_inner(
-    endpoint: &Endpoint,
-    opts: &OpenOptions,
-) -> Result<(Reader, Writer), ClientError> {
-    let addr = endpoint.addr;
-    let mut stream = match opts.source {
+/// A TCP connection to `addr` (from `source`, if given) with Nagle off.
+pub(crate) async fn connect_tcp(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<TcpStream, ClientError> {
+    let stream = match source {
         None => TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Tcp { addr, source })?,
@@ -136,6 +145,15 @@ async fn open_inner(
     stream
         .set_nodelay(true)
         .map_err(|source| ClientError::Tcp { addr, source })?;
+    Ok(stream)
+}
+
+async fn open_inner(
+    endpoint: &Endpoint,
+    opts: &OpenOptions,
+) -> Result<(Reader, Writer), ClientError> {
+    let addr = endpoint.addr;
+    let mut stream = connect_tcp(addr, opts.source).await?;
     handshake(&mut stream, endpoint)
         .await
         .map_err(|source| ClientError::Handshake { addr, source })?;

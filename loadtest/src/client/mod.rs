@@ -6,7 +6,8 @@
 //! ([`serve`]).
 //!
 //! - `error`: [`ClientError`].
-//! - `handshake`: [`Endpoint`], [`OpenOptions`], [`open`].
+//! - `handshake`: [`Endpoint`], [`OpenOptions`], [`open`]; the TCP connect it
+//!   shares with the HTTP client.
 //! - `frames`: [`Reader`], [`Writer`], [`serve`].
 //! - `message`: [`messages`], [`is_ping`], [`Reply`] and the other decoded shapes,
 //!   [`Subscription`], [`Position`].
@@ -20,6 +21,7 @@ mod session;
 
 pub use error::ClientError;
 pub use frames::{serve, Inbound, Reader, Writer};
+pub(crate) use handshake::connect_tcp;
 pub use handshake::{open, Endpoint, OpenOptions};
 pub use message::{
     is_ping, messages, ConnectResult, Position, Publication, Push, RecoveredPublication, Reply,

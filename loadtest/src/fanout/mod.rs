@@ -3,13 +3,15 @@
 //! sequence. Subscribers connect and subscribe first; publishing starts when all
 //! are in; at the end the run waits, bounded, for in-flight deliveries and reports.
 
+mod api;
+mod lanes;
 mod plan;
 mod publisher;
 mod receiver;
 mod report;
 mod state;
+mod tally;
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,11 +31,14 @@ use crate::report::{Problems, Stopwatch};
 use crate::stamp::validate_payload;
 use crate::sys;
 
+pub use api::ApiFigures;
+use api::ApiRun;
+pub use api::{PublishOptions, PublishVia};
 use plan::Plan;
-use publisher::PublisherDone;
 use receiver::Receiver;
 pub use report::{FanoutParameters, FanoutReport};
-use state::{AnomalyKind, Counters, Ready, Run};
+use state::{Counters, PublisherDone, Ready, Run};
+use tally::{count_published, count_received, Published, Received};
 
 /// Options of the `fanout` scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -62,6 +67,8 @@ pub struct FanoutOptions {
     /// rooms. Default `loadtest`.
     #[arg(long, hide_default_value = true, default_value = "loadtest")]
     pub room_prefix: String,
+    #[command(flatten)]
+    pub publish: PublishOptions,
 }
 
 impl Default for FanoutOptions {
@@ -73,6 +80,7 @@ impl Default for FanoutOptions {
             rate: 100.0,
             payload: 64,
             room_prefix: "loadtest".into(),
+            publish: PublishOptions::default(),
         }
     }
 }
@@ -87,6 +95,7 @@ fn validate(common: &CommonOptions, opts: &FanoutOptions) -> anyhow::Result<()> 
         bail!("--rate must be a positive number of publications per second");
     }
     validate_payload(opts.payload)?;
+    opts.publish.validate(common, opts.publishers)?;
     if common.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
@@ -128,7 +137,7 @@ pub async fn run(
         &mut problems,
     )
     .await;
-    let published = count_published(&run, opts, &dones, &mut problems);
+    let published = count_published(&run, opts.rooms, &dones, &mut problems);
     let expected = published.expected(&joined.receivers_in);
     let delivery_end = drain(&run, expected, &mut monitor).await;
     let receivers = stop(&run, tasks, &mut problems).await;
@@ -155,12 +164,15 @@ async fn prepare(
     sys::ensure_nofile(connection_count(opts))?;
     let (go_tx, go_rx) = watch::channel(None);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let api = ApiRun::new(common, &opts.publish, workers * 2).await?;
     let run = Arc::new(Run {
         plan: Plan::new(
             opts.rooms,
             opts.publishers,
+            opts.publish.lanes(),
             options::room_names(&opts.room_prefix, opts.rooms),
         ),
+        api,
         common: common.clone(),
         dialer,
         payload: opts.payload,
@@ -327,85 +339,6 @@ async fn publish(
     (publish_start, dones)
 }
 
-/// What the publishers' accounts add up to.
-struct Published {
-    /// Publications the server acked, by room and publisher slot.
-    acked: Vec<Vec<u64>>,
-    /// (room, publisher, q) of the publications the server refused.
-    refused: HashSet<(u32, u32, u64)>,
-    errors: u64,
-    unanswered: u64,
-}
-
-impl Published {
-    /// Publications acked in all.
-    fn total(&self) -> u64 {
-        self.acked.iter().flatten().sum()
-    }
-
-    /// Deliveries due: each room's acked publications once per receiver of the room.
-    fn expected(&self, receivers_in: &[u64]) -> u64 {
-        self.acked
-            .iter()
-            .zip(receivers_in)
-            .map(|(a, &n)| a.iter().sum::<u64>() * n)
-            .sum()
-    }
-}
-
-/// Add up the publishers' accounts, and note their refusals and early stops.
-fn count_published(
-    run: &Run,
-    opts: &FanoutOptions,
-    dones: &[PublisherDone],
-    problems: &mut Problems,
-) -> Published {
-    let mut published = Published {
-        acked: (0..opts.rooms)
-            .map(|r| vec![0; run.plan.publishers_in(r)])
-            .collect(),
-        refused: HashSet::new(),
-        errors: 0,
-        unanswered: 0,
-    };
-    for d in dones {
-        for (&r, &n) in d.rooms.iter().zip(&d.acked) {
-            let slot = run
-                .plan
-                .slot(r, d.publisher)
-                .expect("bug: publisher in its own room");
-            published.acked[r as usize][slot] = n;
-        }
-        published.errors += d.errors;
-        published.unanswered += d.unanswered;
-        published
-            .refused
-            .extend(d.refused.iter().map(|&(r, q)| (r, d.publisher, q)));
-        if let Some(e) = &d.first_error {
-            problems.push(format!(
-                "publisher {}: the server refused {} publications (first: {e}){}",
-                d.publisher,
-                d.errors,
-                if e.starts_with("error 111") {
-                    "; raise the gateway's [client] publish_rate_per_sec or use more --publishers"
-                } else {
-                    ""
-                }
-            ));
-        }
-        if let Some(e) = &d.stopped {
-            problems.push(format!("publisher {} stopped early: {e}", d.publisher));
-        }
-    }
-    if published.unanswered > 0 {
-        problems.push(format!(
-            "{} publications were never answered within the drain timeout",
-            published.unanswered
-        ));
-    }
-    published
-}
-
 /// Wait, bounded by the drain timeout, for what is still on its way; returns when
 /// the wait ended.
 async fn drain(run: &Run, expected: u64, monitor: &mut Monitor<'_>) -> Instant {
@@ -433,81 +366,6 @@ async fn stop(
         .into_iter()
         .flatten()
         .collect()
-}
-
-/// What the receivers add up to.
-#[derive(Default)]
-struct Received {
-    deliveries: u64,
-    lost: u64,
-    duplicated: u64,
-    reordered: u64,
-    offset_errors: u64,
-    unexpected: u64,
-    disconnects: u64,
-}
-
-/// Add up what every connection received and check it against what was
-/// published; note disconnects, missing publications and order anomalies.
-fn count_received(
-    run: &Run,
-    receivers: &[Receiver],
-    published: &Published,
-    problems: &mut Problems,
-) -> Received {
-    let mut c = Received::default();
-    for rx in receivers {
-        c.deliveries += rx.deliveries;
-        c.unexpected += rx.unexpected;
-        if let Some(why) = &rx.disconnected {
-            c.disconnects += 1;
-            problems.sample("disconnect", format!("connection {}: {why}", rx.conn));
-        }
-        for room in &rx.rooms {
-            c.offset_errors += room.offsets.errors;
-            for (slot, s) in room.streams.iter().enumerate() {
-                let acked = published.acked[room.room as usize][slot];
-                let l = s.lost(acked);
-                c.lost += l;
-                c.duplicated += s.duplicated;
-                c.reordered += s.reordered;
-                if l > 0 && s.gaps < l {
-                    problems.sample(
-                        "missing",
-                        format!(
-                            "lost: room {} publisher {}: connection {} got {} of {acked} (highest sequence {})",
-                            room.room,
-                            run.plan.publisher_at(room.room, slot),
-                            rx.conn,
-                            s.advanced,
-                            s.last
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    for a in run.anomalies.lock().iter() {
-        // Gaps the server made by refusing publications are not loss.
-        if let AnomalyKind::Gap {
-            publisher,
-            from,
-            to,
-        } = a.kind
-        {
-            if (from..=to).all(|q| published.refused.contains(&(a.room, publisher, q))) {
-                continue;
-            }
-        }
-        problems.push(a.to_string());
-    }
-    if c.unexpected > 0 {
-        problems.push(format!(
-            "{} messages were neither replies nor publications of this run",
-            c.unexpected
-        ));
-    }
-    c
 }
 
 /// What a run counted, for its report.
@@ -566,7 +424,9 @@ fn build_report(
             rate_per_sec: opts.rate,
             payload_bytes: opts.payload,
             duration_seconds: common.duration.as_secs_f64(),
+            publish_via: opts.publish.publish_via,
         },
+        api: run.api.as_ref().map(|a| a.figures(run.plan.lanes)),
         connections,
         connect_errors,
         disconnects: r.disconnects,

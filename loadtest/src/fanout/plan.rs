@@ -1,22 +1,52 @@
-//! Which publishers of a fanout run publish in which rooms, and each publisher's
-//! slot among its room's publishers (the index of its sequence checks).
+//! Which publishers of a fanout run publish in which rooms, each publisher's slot
+//! among its room's publishers, and the sequence streams of a room: one per
+//! publisher and lane (a lane is one of an API publisher's HTTP connections, each
+//! with its own sequence numbers; a WebSocket publisher has one lane). A stream's
+//! index in its room is that of its sequence check; its stamp id is
+//! `publisher * lanes + lane`.
 
 /// Which publishers publish in which rooms, and the room names.
 #[derive(Debug)]
 pub(crate) struct Plan {
     rooms: u32,
     pub(super) publishers: u32,
+    /// Sequence streams per publisher and room.
+    pub(super) lanes: u32,
     /// Room names, by room.
     pub(super) names: Vec<String>,
 }
 
 impl Plan {
-    pub(super) fn new(rooms: u32, publishers: u32, names: Vec<String>) -> Plan {
+    pub(super) fn new(rooms: u32, publishers: u32, lanes: u32, names: Vec<String>) -> Plan {
         Plan {
             rooms,
             publishers,
+            lanes: lanes.max(1),
             names,
         }
+    }
+
+    /// The stamp id of publisher `p`'s lane `lane`.
+    pub(super) fn stamp_id(&self, p: u32, lane: u32) -> u32 {
+        p * self.lanes + lane
+    }
+
+    /// Sequence streams of room `r`.
+    pub(super) fn streams_in(&self, r: u32) -> usize {
+        self.publishers_in(r) * self.lanes as usize
+    }
+
+    /// The index among room `r`'s streams of the stream with stamp id `s`, if it
+    /// publishes there.
+    pub(super) fn stream(&self, r: u32, s: u32) -> Option<usize> {
+        let slot = self.slot(r, s / self.lanes)?;
+        Some(slot * self.lanes as usize + (s % self.lanes) as usize)
+    }
+
+    /// The stamp id of the stream at `index` of room `r`.
+    pub(super) fn stamp_at(&self, r: u32, index: usize) -> u32 {
+        let lanes = self.lanes as usize;
+        self.stamp_id(self.publisher_at(r, index / lanes), (index % lanes) as u32)
     }
 
     /// The rooms publisher `p` publishes in (and subscribes to).
@@ -65,8 +95,18 @@ mod tests {
 
     #[test]
     fn plan_assigns_every_publisher_and_room() {
-        for (rooms, publishers) in [(1, 1), (1, 3), (2, 5), (5, 2), (7, 3), (4, 4)] {
-            let plan = Plan::new(rooms, publishers, options::room_names("t", rooms));
+        for (rooms, publishers, lanes) in [
+            (1, 1, 1),
+            (1, 3, 1),
+            (2, 5, 1),
+            (5, 2, 1),
+            (7, 3, 1),
+            (4, 4, 1),
+            (1, 1, 4),
+            (5, 2, 3),
+            (2, 5, 2),
+        ] {
+            let plan = Plan::new(rooms, publishers, lanes, options::room_names("t", rooms));
             let mut per_room = vec![0usize; rooms as usize];
             for p in 0..publishers {
                 let rs = plan.publisher_rooms(p);
@@ -75,6 +115,12 @@ mod tests {
                     let slot = plan.slot(r, p).expect("own room has a slot");
                     assert_eq!(plan.publisher_at(r, slot), p);
                     per_room[r as usize] += 1;
+                    for lane in 0..lanes {
+                        let s = plan.stamp_id(p, lane);
+                        let i = plan.stream(r, s).expect("own room has a stream");
+                        assert!(i < plan.streams_in(r));
+                        assert_eq!(plan.stamp_at(r, i), s);
+                    }
                 }
             }
             for r in 0..rooms {

@@ -13,8 +13,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::lanes;
 use super::receiver::Receiver;
-use super::state::{open_session, Ready, Run};
+use super::state::{open_session, PublisherDone, Ready, Run};
 use crate::client::{ClientError, Inbound, Reply, Writer};
 use crate::dial::Session;
 use crate::stamp::{unix_micros, write_stamp};
@@ -27,24 +28,6 @@ const MAX_BURST: u64 = 256;
 /// Refused publications remembered per publisher, to tell their gaps from loss.
 const REFUSED_SAMPLES: usize = 10_000;
 
-/// A publisher's account, sent to the coordinator once its publishing is over.
-#[derive(Debug)]
-pub(crate) struct PublisherDone {
-    pub publisher: u32,
-    /// Its rooms, and for each the publications the server acked.
-    pub rooms: Vec<u32>,
-    pub acked: Vec<u64>,
-    /// Publications the server answered with an error.
-    pub errors: u64,
-    pub first_error: Option<String>,
-    /// (room, q) of refused publications (the first [`REFUSED_SAMPLES`]).
-    pub refused: Vec<(u32, u64)>,
-    /// Sent but never answered within the drain timeout.
-    pub unanswered: u64,
-    /// Why publishing stopped early, if it did.
-    pub stopped: Option<String>,
-}
-
 /// Publications in flight and their outcomes; shared by the reader and writer halves.
 #[derive(Default)]
 struct Book {
@@ -53,7 +36,8 @@ struct Book {
     acked: Vec<u64>,
     errors: u64,
     first_error: Option<String>,
-    refused: Vec<(u32, u64)>,
+    /// (room, stamp id, q) of refused publications.
+    refused: Vec<(u32, u32, u64)>,
 }
 
 /// What the reader hands the writer to send.
@@ -70,13 +54,17 @@ pub(crate) async fn publisher(
     done: mpsc::Sender<PublisherDone>,
 ) -> Option<Receiver> {
     let rooms = run.plan.publisher_rooms(p);
+    let session = open_session(&run, conn, &rooms, true, ready).await?;
+    let mut rx = Receiver::new(&run, conn, &rooms);
+    if run.api.is_some() {
+        return Some(lanes::publisher(run.clone(), p, rooms, session, rx, done).await);
+    }
     let Session {
         mut reader,
         mut writer,
         connected: session,
         ..
-    } = open_session(&run, conn, &rooms, true, ready).await?;
-    let mut rx = Receiver::new(&run, conn, &rooms);
+    } = session;
     let book = Mutex::new(Book {
         acked: vec![0; rooms.len()],
         ..Book::default()
@@ -100,7 +88,7 @@ pub(crate) async fn publisher(
             match r {
                 Ok(Inbound::Text(frame)) => {
                     let pings = rx.on_frame(&run, &frame, &mut |reply| {
-                        on_reply(&run, &rooms, &book, &permits, reply)
+                        on_reply(&run, p, &rooms, &book, &permits, reply)
                     });
                     if session.pong {
                         for _ in 0..pings {
@@ -155,14 +143,17 @@ pub(crate) async fn publisher(
         let report = {
             let mut b = book.lock();
             PublisherDone {
-                publisher: p,
-                rooms: rooms.clone(),
-                acked: b.acked.clone(),
+                acked: rooms
+                    .iter()
+                    .zip(&b.acked)
+                    .map(|(&r, &n)| (r, p, n))
+                    .collect(),
                 errors: b.errors,
                 first_error: b.first_error.take(),
                 refused: std::mem::take(&mut b.refused),
                 unanswered: b.in_flight.len() as u64,
                 stopped: stopped.clone(),
+                ..PublisherDone::new(p, &rooms)
             }
         };
         done.send(report).await.ok();
@@ -183,7 +174,14 @@ pub(crate) async fn publisher(
 }
 
 /// An answer to one of this publisher's commands.
-fn on_reply(run: &Run, rooms: &[u32], book: &Mutex<Book>, permits: &Semaphore, reply: &Reply<'_>) {
+fn on_reply(
+    run: &Run,
+    p: u32,
+    rooms: &[u32],
+    book: &Mutex<Book>,
+    permits: &Semaphore,
+    reply: &Reply<'_>,
+) {
     let mut b = book.lock();
     let Some((ri, q)) = b.in_flight.remove(&reply.id) else {
         return;
@@ -201,7 +199,7 @@ fn on_reply(run: &Run, rooms: &[u32], book: &Mutex<Book>, permits: &Semaphore, r
                 b.first_error = Some(format!("error {} {:?}", e.code, e.message));
             }
             if b.refused.len() < REFUSED_SAMPLES {
-                b.refused.push((rooms[ri], q));
+                b.refused.push((rooms[ri], p, q));
             }
         }
     }

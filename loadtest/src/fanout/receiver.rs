@@ -14,7 +14,7 @@ use crate::stamp::{fast_publication, unix_micros, Stamp};
 #[derive(Debug)]
 pub(crate) struct RoomState {
     pub room: u32,
-    /// One check per publisher of the room, by the publisher's slot (see `Plan::slot`).
+    /// One check per sequence stream of the room, by its index (see `Plan::stream`).
     pub streams: Vec<SeqCheck>,
     pub offsets: OffsetCheck,
 }
@@ -42,7 +42,7 @@ impl Receiver {
                 .iter()
                 .map(|&room| RoomState {
                     room,
-                    streams: vec![SeqCheck::default(); run.plan.publishers_in(room)],
+                    streams: vec![SeqCheck::default(); run.plan.streams_in(room)],
                     offsets: OffsetCheck::default(),
                 })
                 .collect(),
@@ -121,7 +121,8 @@ impl Receiver {
             return;
         };
         let state = &mut self.rooms[ri];
-        let Some((stamp, slot)) = stamp.and_then(|st| Some((st, run.plan.slot(state.room, st.s)?)))
+        let Some((stamp, stream)) =
+            stamp.and_then(|st| Some((st, run.plan.stream(state.room, st.s)?)))
         else {
             self.unexpected += 1;
             return;
@@ -133,7 +134,7 @@ impl Receiver {
                 kind: AnomalyKind::Offset { offset, prev },
             });
         }
-        let kind = match state.streams[slot].observe(stamp.q) {
+        let kind = match state.streams[stream].observe(stamp.q) {
             SeqEvent::Next => None,
             SeqEvent::Gap { from, to } => Some(AnomalyKind::Gap {
                 publisher: stamp.s,

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::api::{ApiFigures, PublishVia};
 use crate::latency::LatencyUs;
 use crate::report::{self, Outcome, Report};
 
@@ -22,6 +23,8 @@ pub struct FanoutParameters {
     pub payload_bytes: usize,
     /// Publishing time.
     pub duration_seconds: f64,
+    /// `websocket` or `api`.
+    pub publish_via: PublishVia,
 }
 
 /// What a fanout run saw.
@@ -62,6 +65,9 @@ pub struct FanoutReport {
     pub offset_errors: u64,
     /// Messages that were neither replies nor publications of this run.
     pub unexpected_messages: u64,
+    /// Present when publishing through the server API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiFigures>,
     /// `ok`: no loss, duplicate, reordering or offset error, every expected
     /// delivery seen, and no connect, publish or connection error. `problems`: where
     /// things went wrong (room, publisher, sequence, connection).
@@ -95,6 +101,10 @@ impl Report for FanoutReport {
                 p.duration_seconds
             ),
         };
+        let plan = match p.publish_via {
+            PublishVia::Api => format!("{plan}, published through the server API"),
+            PublishVia::Websocket => plan,
+        };
         let mut rows: Vec<(&str, String)> = vec![
             ("scenario", self.scenario.clone()),
             ("urls", p.urls.join(", ")),
@@ -121,11 +131,33 @@ impl Report for FanoutReport {
                 ),
             ),
         ];
-        let latency = self
-            .latency_us
-            .as_ref()
-            .map_or_else(|| "no samples".into(), |l| l.to_string());
-        rows.push(("latency (us)", latency));
+        let latency = |l: &Option<LatencyUs>| {
+            l.as_ref()
+                .map_or_else(|| "no samples".into(), |l| l.to_string())
+        };
+        rows.push(("latency (us)", latency(&self.latency_us)));
+        if let Some(api) = &self.api {
+            let errors: Vec<String> = api
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            rows.push((
+                "api publish",
+                format!(
+                    "{} requests over {} connections per publisher to {}; errors: {}",
+                    api.requests,
+                    api.connections_per_publisher,
+                    api.urls.join(", "),
+                    if errors.is_empty() {
+                        "none".into()
+                    } else {
+                        errors.join(", ")
+                    }
+                ),
+            ));
+            rows.push(("api round trip (us)", latency(&api.request_latency_us)));
+        }
         rows.push((
             "order checks",
             format!(

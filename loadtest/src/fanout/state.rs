@@ -1,6 +1,7 @@
 //! State one fanout run shares between its coordinator and its connection tasks:
 //! the plan, counters, the latency recorder, the anomalies seen, and the start and
-//! stop signals; and opening a connection task's session.
+//! stop signals; what they report (ready, a publisher's account); and opening a
+//! connection task's session.
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -10,6 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::api::ApiRun;
 use super::plan::Plan;
 use crate::dial::{Dialer, Session};
 use crate::latency::LatencyRecorder;
@@ -77,9 +79,44 @@ pub(crate) enum Ready {
     Failed { error: String },
 }
 
+/// A publisher's account, sent to the coordinator once its publishing is over.
+#[derive(Debug)]
+pub(crate) struct PublisherDone {
+    pub publisher: u32,
+    /// (room, stamp id, publications the server acked) of each of its streams.
+    pub acked: Vec<(u32, u32, u64)>,
+    /// Publications the server answered with an error (or, through the API, that
+    /// failed).
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// (room, stamp id, q) of refused publications (the first few thousand).
+    pub refused: Vec<(u32, u32, u64)>,
+    /// Sent but never answered within the drain timeout.
+    pub unanswered: u64,
+    /// Why publishing stopped early, if it did.
+    pub stopped: Option<String>,
+}
+
+impl PublisherDone {
+    /// The account of publisher `p` before it published.
+    pub(crate) fn new(p: u32, rooms: &[u32]) -> PublisherDone {
+        PublisherDone {
+            publisher: p,
+            acked: Vec::with_capacity(rooms.len()),
+            errors: 0,
+            first_error: None,
+            refused: Vec::new(),
+            unanswered: 0,
+            stopped: None,
+        }
+    }
+}
+
 /// State shared by the coordinator and every connection task of one run.
 pub(crate) struct Run {
     pub(super) plan: Plan,
+    /// Set when publishers publish through the server API.
+    pub(super) api: Option<ApiRun>,
     pub(super) common: CommonOptions,
     pub(super) dialer: Dialer,
     pub(super) payload: usize,

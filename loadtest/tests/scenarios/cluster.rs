@@ -63,37 +63,62 @@ fn gateway_binary(scratch: &Path) -> PathBuf {
     bin
 }
 
-#[tokio::test]
-async fn cluster_starts_redis_and_two_gateways_runs_fanout_and_stops_them() {
-    let _serial = SERIAL.lock().await;
-    let scratch =
-        std::env::temp_dir().join(format!("loadtest-cluster-test-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
-    let gateway = gateway_binary(&scratch);
-    let loadtest = env!("CARGO_BIN_EXE_loadtest");
+/// A scratch directory of this test process for `name`.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadtest-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
+/// Run `loadtest cluster --nodes 2 --gateway <built> <cluster_args> -- <scenario>`;
+/// it must succeed with one JSON report on stdout. The report and stderr.
+fn cluster_run(
+    scratch: &Path,
+    cluster_args: &[&str],
+    scenario: &[&str],
+) -> (serde_json::Value, String) {
+    let gateway = gateway_binary(scratch);
     let (status, stdout, stderr) = run_bounded(
-        Command::new(loadtest)
+        Command::new(env!("CARGO_BIN_EXE_loadtest"))
             .args(["cluster", "--nodes", "2", "--gateway"])
             .arg(&gateway)
-            .args(["--", "fanout", "--rooms", "2", "--subscribers", "5"])
-            .args([
-                "--publishers",
-                "2",
-                "--rate",
-                "200",
-                "--duration",
-                "2s",
-                "--json",
-            ]),
-        &scratch,
+            .args(cluster_args)
+            .arg("--")
+            .args(scenario),
+        scratch,
         RUN_TIMEOUT,
     );
     assert!(
         status.success(),
         "{status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    let report = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    (report, stderr)
+}
+
+#[tokio::test]
+async fn cluster_starts_redis_and_two_gateways_runs_fanout_and_stops_them() {
+    let _serial = SERIAL.lock().await;
+    let scratch = scratch_dir("cluster-test");
+    let loadtest = env!("CARGO_BIN_EXE_loadtest");
+    let (report, stderr) = cluster_run(
+        &scratch,
+        &[],
+        &[
+            "fanout",
+            "--rooms",
+            "2",
+            "--subscribers",
+            "5",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--json",
+        ],
+    );
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["lost"], 0, "{report}");
     assert!(report["publications"].as_u64() > Some(300), "{report}");
@@ -136,5 +161,65 @@ async fn cluster_starts_redis_and_two_gateways_runs_fanout_and_stops_them() {
         stderr.contains("--gateway /nonexistent/gateway"),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&scratch).ok();
+}
+
+#[tokio::test]
+async fn cluster_passes_its_api_key_and_its_connect_proxy_to_the_scenario() {
+    let _serial = SERIAL.lock().await;
+    let scratch = scratch_dir("cluster-api-test");
+    // Publishing through the server API of both nodes, no key given.
+    let (report, _) = cluster_run(
+        &scratch,
+        &[],
+        &[
+            "fanout",
+            "--publish-via",
+            "api",
+            "--api-in-flight",
+            "4",
+            "--rooms",
+            "2",
+            "--subscribers",
+            "5",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--json",
+        ],
+    );
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["parameters"]["publish_via"], "api", "{report}");
+    let publications = report["publications"].as_u64().unwrap_or(0);
+    assert!(publications > 300, "{report}");
+    assert_eq!(
+        report["deliveries"], report["expected_deliveries"],
+        "{report}"
+    );
+    for zero in ["lost", "duplicated", "reordered", "publish_errors"] {
+        assert_eq!(report[zero], 0, "{zero}: {report}");
+    }
+    let api = &report["api"];
+    assert_eq!(api["requests"].as_u64(), Some(publications), "{report}");
+    assert_eq!(api["urls"].as_array().map(Vec::len), Some(2), "{report}");
+    assert_eq!(api["errors"], serde_json::json!({}), "{report}");
+    assert_eq!(
+        api["request_latency_us"]["count"].as_u64(),
+        Some(publications),
+        "{report}"
+    );
+
+    // A connect storm without tokens, admitted by the stand-in backend.
+    let (report, stderr) = cluster_run(
+        &scratch,
+        &["--connect-proxy"],
+        &["connect", "--no-token", "--connections", "60", "--json"],
+    );
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["connections_accepted"], 60, "{report}");
+    assert!(stderr.contains("backend answered: connect 60,"), "{stderr}");
     std::fs::remove_dir_all(&scratch).ok();
 }

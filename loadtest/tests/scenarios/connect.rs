@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use loadtest::backend::Backend;
 use loadtest::crowd::CrowdOptions;
 use loadtest::{ConnectOptions, Report};
 
@@ -17,6 +18,7 @@ async fn connect_storm_is_accepted_whole_and_held_until_the_last() {
             ..CrowdOptions::default()
         },
         concurrency: 64,
+        ..ConnectOptions::default()
     };
     let opts = &opts;
     let report = against_gateway(
@@ -57,6 +59,7 @@ async fn connections_beyond_the_gateway_limit_are_counted_by_http_status() {
             ..CrowdOptions::default()
         },
         concurrency: 1,
+        ..ConnectOptions::default()
     };
     let opts = &opts;
     let report = against_gateway(
@@ -76,4 +79,38 @@ async fn connections_beyond_the_gateway_limit_are_counted_by_http_status() {
     );
     assert_eq!(c.errors.get("http 503"), Some(&10), "{table}");
     assert_eq!(c.errors.len(), 1, "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_storm_without_tokens_goes_through_the_connect_proxy() {
+    let backend = Backend::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let connect_url = backend.connect_url();
+    let opts = ConnectOptions {
+        crowd: CrowdOptions {
+            connections: 200,
+            rooms: 5,
+            ..CrowdOptions::default()
+        },
+        concurrency: 32,
+        no_token: true,
+    };
+    let opts = &opts;
+    let report = against_gateway(
+        |c| c.proxy.connect_url = Some(connect_url),
+        Duration::ZERO,
+        |common| async move { loadtest::connect::run(&common, opts, None).await },
+    )
+    .await;
+    let counts = backend.stop().await;
+
+    let table = report.table();
+    eprintln!("{table}\nbackend: {counts}");
+    assert!(report.ok(), "{table}");
+    assert!(report.parameters.no_token, "{table}");
+    assert_all_held(&report.connections, 200, &table);
+    // Every connection was admitted by the backend, once.
+    assert_eq!(counts.connect, 200, "{counts}");
+    assert_eq!(counts.other, 0, "{counts}");
 }

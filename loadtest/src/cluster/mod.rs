@@ -1,24 +1,30 @@
 //! `loadtest cluster`: a throwaway local cluster to run a scenario against. One
 //! `redis-server` (its own directory, no persistence) and N gateway processes on
-//! free loopback ports, sharing a generated secret and a generated config without a
-//! publish rate limit; torn down after the scenario, on Ctrl-C and on failure.
+//! free loopback ports, sharing a generated secret, a generated server API key and
+//! a generated config without a publish rate limit; optionally the stand-in
+//! backend as their connect proxy. Torn down after the scenario, on Ctrl-C and on
+//! failure.
+//!
+//! - `process`: the child processes and the cluster's directory.
 
-use std::fs::File;
+mod process;
+
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use shared::auth::{mint_hs256, unix_now, MintClaims};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::backend::Backend;
+use crate::sys::interrupted;
+use process::{ChildGuard, DirGuard, POLL};
 
 /// Options of `loadtest cluster`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +43,12 @@ pub struct ClusterOptions {
     /// and a demo token are printed).
     #[arg(long)]
     pub keep: bool,
+    /// Start the stand-in backend (`loadtest backend`) in this process and make it
+    /// the nodes' connect proxy (`[proxy] connect_url`): clients that connect
+    /// without a token (`connect --no-token`) are admitted by it. Its call counts
+    /// are printed at the end.
+    #[arg(long)]
+    pub connect_proxy: bool,
     /// The scenario and its options, after `--`: `-- fanout --rooms 10 --duration
     /// 10s`. The cluster sets --url and --secret.
     #[arg(last = true, required = true, value_name = "SCENARIO")]
@@ -51,123 +63,28 @@ const GATEWAY_GRACE: &str = "5s";
 /// Bound on a process exiting after SIGTERM before it is killed (SIGKILL); above
 /// the grace period.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often start-up and shutdown are polled.
-const POLL: Duration = Duration::from_millis(50);
 /// Bound on one readiness probe (connect, request, status line).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Ports tried for Redis: a free port can be taken between the probe and the bind.
 const REDIS_PORT_ATTEMPTS: usize = 3;
-/// Log lines shown when a process fails to start.
-const LOG_TAIL_LINES: usize = 15;
 
-/// A child process that is killed (SIGKILL) and reaped when dropped;
-/// [`ChildGuard::stop`] asks it to end with SIGTERM first.
-struct ChildGuard {
-    name: String,
-    child: Child,
-    /// Its stdout and stderr.
-    log: PathBuf,
-}
-
-impl ChildGuard {
-    /// Start `cmd` in its own process group (a Ctrl-C in the terminal reaches only
-    /// loadtest, which then stops the cluster in order), output to `log`.
-    fn spawn(name: String, cmd: &mut Command, log: PathBuf) -> anyhow::Result<ChildGuard> {
-        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("start {name} ({:?})", cmd.get_program()))?;
-        Ok(ChildGuard { name, child, log })
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// The last lines of its output, indented, for an error message (the
-    /// directory goes with the cluster).
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        if lines.is_empty() {
-            return "it printed nothing".into();
-        }
-        let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-        let mut out = "its last output:".to_owned();
-        for l in tail {
-            out.push_str("\n    ");
-            out.push_str(l);
-        }
-        out
-    }
-
-    /// The error for a process that exited while starting.
-    fn died(&self, status: ExitStatus) -> anyhow::Error {
-        anyhow!(
-            "{} exited while starting ({status}); {}",
-            self.name,
-            self.log_tail()
-        )
-    }
-
-    fn terminate(&self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // Fails only when the process is already gone.
-            kill(Pid::from_raw(pid), Signal::SIGTERM).ok();
-        }
-    }
-
-    /// Wait, bounded, for the exit that [`ChildGuard::terminate`] asked for; kill it
-    /// past the bound. Returns how it ended, for the teardown message.
-    async fn wait_or_kill(&mut self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return format!("{} {status}", self.name);
-            }
-            if Instant::now() >= deadline {
-                self.child.kill().ok();
-                self.child.wait().ok();
-                return format!(
-                    "{} killed: still running {timeout:?} after SIGTERM",
-                    self.name
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        // Both are harmless once the process has been reaped.
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-/// The cluster's own directory (Redis's data directory, the config, the logs),
-/// removed when dropped.
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
+/// What a scenario needs to reach and use a cluster.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The nodes' WebSocket URLs.
+    pub urls: Vec<String>,
+    /// The HMAC secret every node verifies tokens with.
+    pub secret: String,
+    /// The key of every node's server HTTP API (`X-API-Key`).
+    pub api_key: String,
 }
 
 /// A running cluster. Dropping it kills every process; [`Cluster::stop`] stops them
 /// in order.
 pub struct Cluster {
-    /// The nodes' WebSocket URLs.
-    pub urls: Vec<String>,
-    /// The HMAC secret every node verifies tokens with.
-    pub secret: String,
+    pub access: Access,
+    /// The connect proxy's stand-in backend, with `--connect-proxy`.
+    backend: Option<Backend>,
     gateways: Vec<ChildGuard>,
     redis: ChildGuard,
     /// Declared last: removed once the processes are gone.
@@ -299,14 +216,26 @@ impl Cluster {
             .with_context(|| format!("create {}", path.display()))?;
         let dir = DirGuard(path);
         let secret = format!("{:016x}{:016x}", random_u64(), random_u64());
+        let api_key = format!("{:016x}{:016x}", random_u64(), random_u64());
+        let backend = match opts.connect_proxy {
+            true => Some(Backend::start(([127, 0, 0, 1], 0).into()).await?),
+            false => None,
+        };
+        let mut toml = format!(
+            "# Written by `loadtest cluster`.\n[client]\npublish_rate_per_sec = 0\n\n[shutdown]\ngrace_period = \"{GATEWAY_GRACE}\"\n"
+        );
+        if let Some(b) = &backend {
+            toml.push_str(&format!(
+                "\n[proxy]\nconnect_url = \"{}\"\n",
+                b.connect_url()
+            ));
+            say(format_args!(
+                "stand-in backend at {} is the connect proxy",
+                b.addr()
+            ));
+        }
         let config = dir.0.join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "# Written by `loadtest cluster`.\n[client]\npublish_rate_per_sec = 0\n\n[shutdown]\ngrace_period = \"{GATEWAY_GRACE}\"\n"
-            ),
-        )
-        .with_context(|| format!("write {}", config.display()))?;
+        std::fs::write(&config, toml).with_context(|| format!("write {}", config.display()))?;
 
         let (redis, port) = start_redis(&redis_bin, &dir.0).await?;
         say(format_args!(
@@ -321,6 +250,7 @@ impl Cluster {
             let mut cmd = Command::new(&gateway);
             cmd.env("GATEWAY_LISTEN", "127.0.0.1:0")
                 .env("GATEWAY_TOKEN_HMAC_SECRET", &secret)
+                .env("GATEWAY_API_KEY", &api_key)
                 .env("GATEWAY_REDIS_URL", &redis_url)
                 .env("GATEWAY_NODE_NAME", &name)
                 .env("GATEWAY_CONFIG", &config)
@@ -336,8 +266,12 @@ impl Cluster {
             say(format_args!("{} ready at {url}", g.name));
         }
         Ok(Cluster {
-            urls,
-            secret,
+            access: Access {
+                urls,
+                secret,
+                api_key,
+            },
+            backend,
             gateways,
             redis,
             dir,
@@ -357,6 +291,9 @@ impl Cluster {
         self.redis.terminate();
         ended.push(self.redis.wait_or_kill(STOP_TIMEOUT).await);
         say(format_args!("stopped: {}", ended.join(", ")));
+        if let Some(b) = self.backend.take() {
+            say(format_args!("backend answered: {}", b.stop().await));
+        }
     }
 }
 
@@ -443,33 +380,12 @@ async fn wait_ready(gateways: &mut [ChildGuard]) -> anyhow::Result<Vec<String>> 
     Ok(urls.into_iter().flatten().collect())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => {
-            if r.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        _ = term => {}
-    }
-}
-
-/// Start a cluster, run `scenario` against it (given the node URLs and the
-/// secret), and stop the cluster, also when the scenario fails or on Ctrl-C or
+/// Start a cluster, run `scenario` against it (given its [`Access`]), and stop the cluster, also when the scenario fails or on Ctrl-C or
 /// SIGTERM. With `--keep`, the cluster stays up after a finished scenario until
 /// Ctrl-C. Returns what the scenario returned.
 pub async fn run<R, F>(
     opts: &ClusterOptions,
-    scenario: impl FnOnce(Vec<String>, String) -> F,
+    scenario: impl FnOnce(Access) -> F,
 ) -> anyhow::Result<R>
 where
     F: Future<Output = anyhow::Result<R>>,
@@ -482,15 +398,16 @@ where
     };
     say(format_args!(
         "running the scenario against {} node(s)",
-        cluster.urls.len()
+        cluster.access.urls.len()
     ));
     let result = tokio::select! {
-        r = scenario(cluster.urls.clone(), cluster.secret.clone()) => r,
+        r = scenario(cluster.access.clone()) => r,
         _ = &mut signal => Err(anyhow!("interrupted: the scenario was stopped")),
     };
     if opts.keep && result.is_ok() {
+        let access = &cluster.access;
         let demo = mint_hs256(
-            &cluster.secret,
+            &access.secret,
             &MintClaims {
                 sub: "demo".into(),
                 exp: Some(unix_now() + 24 * 3600),
@@ -498,9 +415,10 @@ where
             },
         );
         say(format_args!(
-            "kept running until Ctrl-C:\n  urls: {}\n  GATEWAY_TOKEN_HMAC_SECRET={}\n  connection token for user \"demo\" (24h): {demo}\n  logs: {}",
-            cluster.urls.join(","),
-            cluster.secret,
+            "kept running until Ctrl-C:\n  urls: {}\n  GATEWAY_TOKEN_HMAC_SECRET={}\n  GATEWAY_API_KEY={}\n  connection token for user \"demo\" (24h): {demo}\n  logs: {}",
+            access.urls.join(","),
+            access.secret,
+            access.api_key,
             cluster.dir.0.display()
         ));
         signal.await;
