@@ -101,7 +101,10 @@ pub(crate) async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<
         None => return plain(StatusCode::NOT_FOUND, "not found\n"),
     };
     if req.method() != HttpMethod::POST {
-        return respond(StatusCode::METHOD_NOT_ALLOWED, "", Vec::new());
+        let mut r = respond(StatusCode::METHOD_NOT_ALLOWED, "", Vec::new());
+        r.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
     }
     if !authorized(key, &req) {
         return respond(StatusCode::UNAUTHORIZED, "", Vec::new());

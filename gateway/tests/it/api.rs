@@ -86,8 +86,13 @@ async fn keys_are_checked_in_either_header() {
         let (status, _, text) = http_post(gw.addr, "/api/publish", &headers, body).await;
         assert_eq!(status, 200, "{headers:?}: {text}");
     }
-    let (status, _) = crate::support::http_get(gw.addr, "/api/publish").await;
+    let (status, headers, _) =
+        crate::support::http_request(gw.addr, "GET", "/api/publish", &[], b"").await;
     assert_eq!(status, 405);
+    assert!(
+        headers.iter().any(|(k, v)| k == "allow" && v == "POST"),
+        "{headers:?}"
+    );
 }
 
 #[tokio::test]
