@@ -82,11 +82,9 @@ impl Conn {
                 .await
                 .map_err(|e| proxy_failed(Kind::Connect, &self.client, e))?;
             let r = allowed(decision)?;
-            let mut channels: Vec<(String, ServerSub)> = r
-                .channels
-                .into_iter()
-                .map(|c| (c, ServerSub::default()))
-                .collect();
+            // `subs` first: a channel named in both keeps its options (the sort
+            // below is stable and keeps the first of equal names).
+            let mut channels: Vec<(String, ServerSub)> = Vec::new();
             for (channel, o) in r.subs {
                 channels.push((
                     channel,
@@ -97,6 +95,7 @@ impl Conn {
                     },
                 ));
             }
+            channels.extend(r.channels.into_iter().map(|c| (c, ServerSub::default())));
             let expires = expire_at(r.expire_at);
             return Ok(Credentials {
                 user: r.user,
@@ -127,7 +126,7 @@ impl Conn {
         }
         // Validate every server-side channel before joining any.
         let mut channels: Vec<&(String, ServerSub)> = creds.channels.iter().collect();
-        channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        channels.sort_by(|a, b| a.0.cmp(&b.0));
         channels.dedup_by(|a, b| a.0 == b.0);
         if channels.len() > cfg.max_subscriptions {
             return Err(ERROR_LIMIT_EXCEEDED.into());

@@ -14,9 +14,6 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
-/// Idle keep-alive connections kept per backend host.
-const POOL_IDLE_PER_HOST: usize = 64;
-
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -63,8 +60,11 @@ impl HttpClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
+        // As many idle connections as calls may be in flight: a burst opens them
+        // once, and later bursts reuse them instead of closing and reopening
+        // (each close leaves a TIME_WAIT port behind).
         let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            .pool_max_idle_per_host(max_in_flight)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
         HttpClient {

@@ -22,8 +22,9 @@ use client::HttpClient;
 use crate::config::ProxyConfig;
 
 /// The client headers kept for proxy calls: only the configured ones, and only
-/// when a proxy is configured (an idle connection then pays for none).
-pub(crate) type Headers = Box<[(HeaderName, HeaderValue)]>;
+/// when a proxy is configured. Boxed twice so that a connection's slot for them is
+/// one thin pointer (an idle connection pays 8 bytes when there are none).
+pub(crate) type Headers = Box<Vec<(HeaderName, HeaderValue)>>;
 
 /// Which proxy a call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +119,7 @@ impl Proxy {
                     .map(|v| (name.clone(), v.clone()))
             })
             .collect();
-        (!kept.is_empty()).then(|| kept.into_boxed_slice())
+        (!kept.is_empty()).then(|| Box::new(kept))
     }
 
     async fn call<Req: Serialize, Res: DeserializeOwned + Default>(
