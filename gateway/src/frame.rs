@@ -36,8 +36,12 @@ pub enum ReadError {
     /// A message over the configured limit (close 1009).
     #[error("message too large")]
     TooLarge,
+    /// A framing violation (close 1002).
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
+    /// A text message that is not UTF-8 (close 1007).
+    #[error("text message is not UTF-8")]
+    InvalidUtf8,
 }
 
 pub struct FrameReader<R> {
@@ -190,7 +194,7 @@ fn finish(text: bool, payload: BytesMut) -> Result<Message, ReadError> {
         return Ok(Message::Binary);
     }
     if std::str::from_utf8(&payload).is_err() {
-        return Err(ReadError::Protocol("text message is not UTF-8"));
+        return Err(ReadError::InvalidUtf8);
     }
     Ok(Message::Text(payload.freeze()))
 }

@@ -11,6 +11,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use shared::codes::{
     DisconnectCode, DISCONNECT_BAD_REQUEST, DISCONNECT_MESSAGE_TOO_BIG, DISCONNECT_SHUTDOWN,
+    DISCONNECT_WS_INVALID_PAYLOAD, DISCONNECT_WS_PROTOCOL_ERROR,
 };
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -228,20 +229,25 @@ async fn handle_inbound(conn: &Conn, res: Result<Message, ReadError>) -> Inbound
             conn.out.push_item(Item::Pong(payload));
             Inbound::Open
         }
-        Err(ReadError::TooLarge) => {
-            conn.out.close(DISCONNECT_MESSAGE_TOO_BIG);
-            Inbound::Discarding
-        }
         Err(ReadError::Eof) | Err(ReadError::Io(_)) => {
             conn.out.close(CLOSE_NORMAL);
             Inbound::Ended
         }
-        Err(ReadError::Protocol(why)) => {
-            tracing::debug!(client = %conn.client, why, "websocket protocol error");
+        Err(e) => {
+            tracing::debug!(client = %conn.client, error = %e, "websocket protocol error");
             conn.node.metrics.protocol_errors.inc();
-            conn.out.close(DISCONNECT_BAD_REQUEST);
+            conn.out.close(close_code(&e));
             Inbound::Discarding
         }
+    }
+}
+
+/// The RFC 6455 close code for a stream that cannot be read any further.
+fn close_code(e: &ReadError) -> DisconnectCode {
+    match e {
+        ReadError::TooLarge => DISCONNECT_MESSAGE_TOO_BIG,
+        ReadError::InvalidUtf8 => DISCONNECT_WS_INVALID_PAYLOAD,
+        ReadError::Protocol(_) | ReadError::Eof | ReadError::Io(_) => DISCONNECT_WS_PROTOCOL_ERROR,
     }
 }
 
@@ -336,6 +342,16 @@ async fn write_parts<W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use crate::frame::ReadError;
+
+    #[test]
+    fn unreadable_streams_close_with_the_rfc_codes() {
+        let code = |e: ReadError| super::close_code(&e).code;
+        assert_eq!(code(ReadError::Protocol("reserved bits set")), 1002);
+        assert_eq!(code(ReadError::InvalidUtf8), 1007);
+        assert_eq!(code(ReadError::TooLarge), 1009);
+    }
+
     /// A connection task that ends without finishing (here: dropped, as a panic
     /// would drop it) still leaves its rooms and frees its slot.
     #[tokio::test]

@@ -84,6 +84,10 @@ pub const DISCONNECT_INAPPROPRIATE_PROTOCOL: DisconnectCode = dis(3506, "inappro
 pub const DISCONNECT_PERMISSION_DENIED: DisconnectCode = dis(3507, "permission denied");
 pub const DISCONNECT_NOT_AVAILABLE: DisconnectCode = dis(3508, "not available");
 pub const DISCONNECT_TOO_MANY_ERRORS: DisconnectCode = dis(3509, "too many errors");
+/// Standard WebSocket close code for a framing violation (RFC 6455 7.4.1).
+pub const DISCONNECT_WS_PROTOCOL_ERROR: DisconnectCode = dis(1002, "protocol error");
+/// Standard WebSocket close code for a text message that is not UTF-8.
+pub const DISCONNECT_WS_INVALID_PAYLOAD: DisconnectCode = dis(1007, "invalid payload data");
 /// Standard WebSocket close code for a message over the read limit. The SDK treats it
 /// as terminal ("message size limit").
 pub const DISCONNECT_MESSAGE_TOO_BIG: DisconnectCode = dis(1009, "message too big");

@@ -489,6 +489,15 @@ async fn malformed_json_closes_3501() {
 }
 
 #[tokio::test]
+async fn text_frame_that_is_not_utf8_closes_1007() {
+    let gw = TestGateway::start().await;
+    let mut c = gw.client("1").await;
+    c.send_frame(Frame::text(Payload::Owned(vec![b'{', 0xff, 0xfe, b'}'])))
+        .await;
+    assert_eq!(c.closed().await, (1007, "invalid payload data".to_string()));
+}
+
+#[tokio::test]
 async fn binary_frame_closes_3501() {
     let gw = TestGateway::start().await;
     let mut c = gw.client("1").await;
