@@ -14,7 +14,8 @@ use shared::proxy::ConnFields;
 use tokio::time::Instant;
 
 use super::session::{
-    allowed, backend_payload, expire_at, proxy_failed, ttl_secs, Conn, Failure, Outcome, Phase,
+    allowed, backend_payload, due_at, expire_at, proxy_failed, ttl_secs, Conn, Failure, Outcome,
+    Phase,
 };
 use super::subscribe::{ServerSub, SubParams};
 use crate::node::VERSION;
@@ -151,9 +152,7 @@ impl Conn {
             } else {
                 cfg.expired_close_delay
             };
-            s.expires = creds
-                .expire_at
-                .map(|t| Instant::now() + Duration::from_secs(t.saturating_sub(now_unix)) + grace);
+            s.expires = creds.expire_at.map(|t| due_at(t, now_unix, grace));
         }
         let mut joined = Vec::with_capacity(resolved.len());
         for (ch, grant, opts) in resolved {
@@ -247,11 +246,8 @@ impl Conn {
             return Err(ERROR_EXPIRED.into());
         }
         s.conn_info = token.info;
-        s.expires = token.expire_at.map(|t| {
-            Instant::now()
-                + Duration::from_secs(t - now_unix)
-                + self.node.config.client.expired_close_delay
-        });
+        let grace = self.node.config.client.expired_close_delay;
+        s.expires = token.expire_at.map(|t| due_at(t, now_unix, grace));
         s.timers_dirty = true;
         Ok(ReplyBody::Refresh(RefreshResult {
             client: self.client.to_string(),

@@ -13,7 +13,7 @@ use shared::protocol::{self, Raw};
 use shared::proxy::{ConnFields, Decision};
 use tokio::time::Instant;
 
-use super::session::{backend_close, backend_payload, expire_at, Conn, Phase};
+use super::session::{backend_close, backend_payload, due_at, expire_at, Conn, Phase};
 use super::subscribe::SubParams;
 use crate::outbound::Item;
 use crate::proxy::Kind;
@@ -109,8 +109,7 @@ impl Conn {
             } else {
                 self.node.config.client.expired_close_delay
             };
-            s.expires =
-                Some(Instant::now() + Duration::from_secs(cmd.expire_at - now_unix) + grace);
+            s.expires = Some(due_at(cmd.expire_at, now_unix, grace));
             s.timers_dirty = true;
         }
         if info.is_some() {
@@ -148,7 +147,7 @@ impl Conn {
             return self.out.close(DISCONNECT_EXPIRED);
         }
         let mut s = self.session.lock();
-        s.expires = expires.map(|t| Instant::now() + Duration::from_secs(t - now_unix));
+        s.expires = expires.map(|t| due_at(t, now_unix, Duration::ZERO));
         s.timers_dirty = true;
         if info.is_some() {
             s.conn_info = info;
@@ -196,7 +195,7 @@ impl Conn {
         let info = backend_payload(Kind::SubRefresh, "info", &r.info, &r.b64info)
             .ok()
             .flatten();
-        let next = expires.map(|t| Instant::now() + Duration::from_secs(t - now_unix));
+        let next = expires.map(|t| due_at(t, now_unix, Duration::ZERO));
         self.retry_sub_refresh(channel, sub_id, Some((next, info)));
     }
 

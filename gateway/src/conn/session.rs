@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -107,6 +108,17 @@ pub(crate) fn backend_payload(
 /// Unix seconds from a backend or API field (0 or less: none).
 pub(crate) fn expire_at(unix: i64) -> Option<u64> {
     u64::try_from(unix).ok().filter(|&t| t > 0)
+}
+
+/// Longest expiry honoured: a token's or backend's `exp` further away than this is
+/// taken as this far (an `Instant` that far out would overflow).
+const MAX_EXPIRY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// When something that expires at unix second `expire_at` is due here, `grace`
+/// after it. Past expiries are due now; far ones are clamped to [`MAX_EXPIRY`].
+pub(crate) fn due_at(expire_at: u64, now_unix: u64, grace: Duration) -> Instant {
+    let left = Duration::from_secs(expire_at.saturating_sub(now_unix)).min(MAX_EXPIRY);
+    Instant::now() + left + grace
 }
 
 /// Seconds from `now` to `expire_at`, as the protocol's `ttl` (at least 1).
@@ -255,5 +267,20 @@ impl Conn {
             .subs
             .get(channel)
             .map(|s| s.info.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn far_and_past_expiries_neither_overflow_nor_wait() {
+        let now = 1_700_000_000;
+        let far = due_at(u64::MAX, now, Duration::from_secs(25));
+        assert!(far > Instant::now() + MAX_EXPIRY);
+        assert!(due_at(now - 5, now, Duration::ZERO) <= Instant::now());
+        assert_eq!(ttl_secs(u64::MAX, now), u32::MAX);
+        assert_eq!(ttl_secs(now - 5, now), 1);
     }
 }

@@ -15,12 +15,11 @@ use shared::protocol::{
     SubRefreshResult, SubscribeRequest, SubscribeResult, SUBSCRIBE_FLAG_REJECT_UNRECOVERED,
 };
 use shared::proxy::ConnFields;
-use tokio::time::Instant;
 
 use super::recovery;
 use super::session::{
-    allowed, backend_payload, expire_at, internal, proxy_failed, ttl_secs, Conn, Failure, Outcome,
-    Sub,
+    allowed, backend_payload, due_at, expire_at, internal, proxy_failed, ttl_secs, Conn, Failure,
+    Outcome, Sub,
 };
 use crate::config::ChannelOptions;
 use crate::hub::Subscriber;
@@ -263,9 +262,7 @@ impl Conn {
             } else {
                 cfg.expired_sub_close_delay
             };
-            let expires = p
-                .expire_at
-                .map(|t| Instant::now() + Duration::from_secs(t.saturating_sub(now_unix)) + grace);
+            let expires = p.expire_at.map(|t| due_at(t, now_unix, grace));
             s.subs.insert(
                 channel.clone(),
                 Sub {
@@ -491,11 +488,8 @@ impl Conn {
         let Some(sub) = s.subs.get_mut(req.channel.as_str()) else {
             return Err(ERROR_PERMISSION_DENIED.into());
         };
-        sub.expires = t.expire_at.map(|e| {
-            Instant::now()
-                + Duration::from_secs(e.saturating_sub(now_unix))
-                + self.node.config.client.expired_sub_close_delay
-        });
+        let grace = self.node.config.client.expired_sub_close_delay;
+        sub.expires = t.expire_at.map(|e| due_at(e, now_unix, grace));
         s.timers_dirty = true;
         Ok(ReplyBody::SubRefresh(SubRefreshResult {
             expires: t.expire_at.is_some(),

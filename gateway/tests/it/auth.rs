@@ -748,3 +748,23 @@ async fn sub_refresh_with_expire_at_in_the_past_is_110() {
         .await;
     assert_eq!(e, error(110, "expired"));
 }
+
+/// Regression: an `exp` centuries away made the connection's expiry an `Instant`
+/// that overflowed, and the task panicked. It is clamped instead.
+#[tokio::test]
+async fn an_exp_far_in_the_future_is_clamped_not_a_panic() {
+    let gw = TestGateway::start().await;
+    for exp in [u64::MAX, 1 << 63] {
+        let token = mint(MintClaims {
+            sub: "far".into(),
+            exp: Some(exp),
+            ..Default::default()
+        });
+        let (mut c, r) = Client::connected(gw.addr, &token).await;
+        assert_eq!(r["expires"], json!(true), "{r}");
+        assert_eq!(r["ttl"], json!(u32::MAX), "{r}");
+        c.subscribe("chat").await;
+        let p = c.publish("chat", json!("still alive")).await;
+        assert_eq!(p["publish"], json!({}), "{p}");
+    }
+}
