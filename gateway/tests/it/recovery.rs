@@ -299,3 +299,26 @@ async fn server_side_subscription_recovers_through_connect_subs() {
     assert_eq!(offsets(&s["publications"]), vec![3, 4]);
     b.silent_for(Duration::from_millis(100)).await;
 }
+
+/// Offsets near `u64::MAX` from a client are answered, never overflowed.
+#[tokio::test]
+async fn offsets_near_the_top_of_u64_are_answered() {
+    let gw = TestGateway::start().await;
+    let (mut c, _) = Client::connected(gw.addr, &token("u")).await;
+    let mut p = gw.client("p").await;
+    p.subscribe("room").await;
+    publish_n(&mut p, "room", 1..=2).await;
+    let r = sub_recover(&mut c, "room", Some((u64::MAX, ""))).await;
+    assert_eq!(r["recovered"], Value::Null, "not recovered: {r}");
+    assert_eq!(r["offset"], json!(2), "{r}");
+    let epoch = r["epoch"].as_str().unwrap().to_owned();
+    for (reverse, offset) in [(false, u64::MAX), (true, u64::MAX), (false, u64::MAX - 1)] {
+        let h = c
+            .call(
+                "history",
+                json!({"channel":"room","since":{"offset":offset,"epoch":epoch},"reverse":reverse,"limit":10}),
+            )
+            .await;
+        assert_eq!(h["history"]["offset"], json!(2), "{h}");
+    }
+}
