@@ -2,7 +2,7 @@
 //! counters, and the shutdown signal every connection watches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,8 @@ pub struct Node {
     started: Instant,
     /// Unique per process start, in the node registry.
     pub id: String,
+    /// HTTP connections not upgraded (yet), against `http.max_pending_connections`.
+    pub(crate) http_pending: AtomicUsize,
     ready: AtomicBool,
 }
 
@@ -82,6 +84,7 @@ impl Node {
             tasks: TaskTracker::new(),
             started: Instant::now(),
             id,
+            http_pending: AtomicUsize::new(0),
             ready: AtomicBool::new(true),
         });
         node.tasks.spawn(unsubscribe_idle_rooms(node.clone()));

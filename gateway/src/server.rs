@@ -3,6 +3,7 @@
 //! or its own), and graceful shutdown.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::api::API_PREFIX;
@@ -110,11 +111,20 @@ async fn accept(
             let node = node2.clone();
             async move { Ok::<_, std::convert::Infallible>(route(node, role, req).await) }
         });
+        let Some(pending) = PendingGuard::take(&node) else {
+            // Over `http.max_pending_connections`: drop it before it costs more.
+            tracing::debug!(%peer, "too many pending HTTP connections; closed");
+            continue;
+        };
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(node.config.http.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stop = node.shutdown.clone();
         node.tasks.spawn(async move {
+            // Held while the HTTP side of the connection lives (until the upgrade).
+            let _pending = pending;
             tokio::pin!(conn);
             let res = tokio::select! {
                 r = conn.as_mut() => r,
@@ -129,6 +139,33 @@ async fn accept(
                 tracing::debug!(%peer, error = %e, "http connection error");
             }
         });
+    }
+}
+
+/// One HTTP connection counted against `http.max_pending_connections` until it is
+/// upgraded or closed.
+struct PendingGuard(Arc<Node>);
+
+impl PendingGuard {
+    fn take(node: &Arc<Node>) -> Option<PendingGuard> {
+        let cap = node.config.http.max_pending_connections;
+        let counter = &node.http_pending;
+        let mut n = counter.load(Ordering::Relaxed);
+        loop {
+            if n >= cap {
+                return None;
+            }
+            match counter.compare_exchange_weak(n, n + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(PendingGuard(node.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.http_pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

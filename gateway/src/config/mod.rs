@@ -19,6 +19,7 @@ mod api;
 mod channel;
 mod client;
 mod error;
+mod http;
 mod proxy;
 mod redis;
 
@@ -27,6 +28,7 @@ pub use channel::ChannelOptions;
 pub use client::ClientConfig;
 use error::invalid;
 pub use error::ConfigError;
+pub use http::HttpConfig;
 pub use proxy::ProxyConfig;
 pub use redis::RedisSection;
 
@@ -61,6 +63,8 @@ pub struct Config {
     pub redis: RedisSection,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// HTTP limits before the WebSocket upgrade.
+    pub http: HttpConfig,
     /// The server HTTP API.
     pub api: ApiConfig,
     /// Calls to the application backend.
@@ -82,6 +86,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(5),
             redis: RedisSection::default(),
             shutdown: ShutdownConfig::default(),
+            http: HttpConfig::default(),
             api: ApiConfig::default(),
             proxy: ProxyConfig::default(),
         }
@@ -290,6 +295,7 @@ impl Config {
                 "must be > 0 when publish_rate_per_sec is set",
             ));
         }
+        self.http.validate()?;
         self.api.validate()?;
         self.proxy.validate()?;
         self.channel.validate("channel", &self.proxy)?;

@@ -149,3 +149,83 @@ async fn health_and_readiness_are_200_and_unknown_paths_404() {
     assert_eq!(http_get(gw.addr, "/readyz").await.0, 200);
     assert_eq!(http_get(gw.addr, "/nope").await.0, 404);
 }
+
+/// Read until the peer closes; how long that took, or `None` if it stayed open
+/// for `within`.
+async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + within),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn partial_request(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+/// Slowloris: headers that never finish hold a connection only for
+/// `http.header_read_timeout`, idle keep-alive connections close after it too, and
+/// no more than `http.max_pending_connections` are held at once.
+#[tokio::test]
+async fn slow_and_idle_http_connections_are_bounded() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let gw = TestGateway::with(|c| {
+        c.http.header_read_timeout = Duration::from_millis(300);
+        c.http.max_pending_connections = 2;
+    })
+    .await;
+    let opened = std::time::Instant::now();
+    let mut a = partial_request(gw.addr).await;
+    let mut b = partial_request(gw.addr).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Over the cap: closed at once.
+    let mut c = partial_request(gw.addr).await;
+    let t = closed_within(&mut c, Duration::from_millis(200)).await;
+    assert!(t.is_some(), "a third pending connection is refused");
+    // The two slow ones are closed at the header timeout.
+    for s in [&mut a, &mut b] {
+        closed_within(s, Duration::from_secs(3))
+            .await
+            .expect("closed");
+        let t = opened.elapsed();
+        assert!(
+            t >= Duration::from_millis(250),
+            "held until the timeout: {t:?}"
+        );
+    }
+    // Then the node takes connections again, and a WebSocket client works.
+    let (mut ws, _) = Client::connected(gw.addr, &token("u")).await;
+    ws.subscribe("chat").await;
+    // An idle keep-alive connection closes after the timeout too.
+    let mut k = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    k.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let t = closed_within(&mut k, Duration::from_secs(3))
+        .await
+        .expect("closed");
+    assert!(t >= Duration::from_millis(200), "{t:?}");
+    // The WebSocket is not an HTTP connection any more: it stays.
+    let r = ws.publish("chat", json!("still here")).await;
+    assert_eq!(r["publish"], json!({}), "{r}");
+}
