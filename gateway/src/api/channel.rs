@@ -17,6 +17,9 @@ pub(crate) fn resolve<'a>(node: &'a Node, channel: &str) -> ApiResult<&'a Channe
             node.config.client.max_channel_length
         ))),
         Err(ChannelError::UnknownNamespace) => Err(ERROR_UNKNOWN_CHANNEL.into()),
+        Err(ChannelError::BadCharacter) => Err(ApiError::bad_request(
+            "channel holds a control character, { or }",
+        )),
     }
 }
 

@@ -108,6 +108,14 @@ pub enum ChannelError {
     TooLong,
     /// Its namespace is not configured.
     UnknownNamespace,
+    /// It holds a control character, or `{` or `}` (which would change the Redis
+    /// Cluster hash tag of the room's keys and split them over slots).
+    BadCharacter,
+}
+
+/// Characters a channel name may not hold.
+fn forbidden_in_channel(c: char) -> bool {
+    c.is_control() || c == '{' || c == '}'
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +332,9 @@ impl Config {
         }
         if channel.len() > self.client.max_channel_length {
             return Err(ChannelError::TooLong);
+        }
+        if channel.chars().any(forbidden_in_channel) {
+            return Err(ChannelError::BadCharacter);
         }
         let name = ChannelName::parse(channel);
         let opts = self

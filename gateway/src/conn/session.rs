@@ -246,7 +246,7 @@ impl Conn {
             .resolve_channel(channel)
             .map_err(|e| match e {
                 ChannelError::Empty => DISCONNECT_BAD_REQUEST.into(),
-                ChannelError::TooLong => ERROR_BAD_REQUEST.into(),
+                ChannelError::TooLong | ChannelError::BadCharacter => ERROR_BAD_REQUEST.into(),
                 ChannelError::UnknownNamespace => ERROR_UNKNOWN_CHANNEL.into(),
             })
     }

@@ -167,6 +167,13 @@ async fn bad_input_is_refused_and_nothing_is_published() {
         err(&gw, "publish", json!({"channel":"chat","b64data":"%%%"})).await["code"],
         json!(107)
     );
+    for bad in ["a{b}", "ctl\u{1}"] {
+        assert_eq!(
+            err(&gw, "publish", json!({"channel": bad, "data":1})).await["code"],
+            json!(107),
+            "{bad:?}"
+        );
+    }
     let (status, _, _) = http_post(
         gw.addr,
         "/api/publish",

@@ -229,3 +229,30 @@ async fn slow_and_idle_http_connections_are_bounded() {
     let r = ws.publish("chat", json!("still here")).await;
     assert_eq!(r["publish"], json!({}), "{r}");
 }
+
+/// Channel names with control characters, or with `{` `}` (which would move a
+/// room's Redis keys off their shared hash tag), are refused with 107.
+#[tokio::test]
+async fn channel_names_with_control_characters_or_braces_are_107() {
+    let gw = TestGateway::start().await;
+    let mut c = gw.client("1").await;
+    for name in [
+        "a\u{1}b",
+        "line\nbreak",
+        "tab\there",
+        "del\u{7f}",
+        "x{y}",
+        "{",
+        "}z",
+    ] {
+        let e = c.call_err("subscribe", json!({ "channel": name })).await;
+        assert_eq!(e["code"], json!(107), "{name:?}: {e}");
+        let e = c
+            .call_err("publish", json!({ "channel": name, "data": 1 }))
+            .await;
+        assert_eq!(e["code"], json!(107), "{name:?}: {e}");
+    }
+    // Other characters pass, and so do user-limited names.
+    c.subscribe("état-2024_x.y").await;
+    c.subscribe("dialog#1,2").await;
+}
