@@ -26,6 +26,10 @@ use crate::stamp::{unix_micros, write_stamp};
 const REFUSED_SAMPLES: usize = 1000;
 /// Wait before a lane reconnects after its connection failed.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// A keep-alive connection idle longer than this is reopened before use: servers
+/// close idle ones (the gateway after `http.header_read_timeout`, 10 s by default),
+/// and a request on a connection the server is closing would count as an error.
+const IDLE_REUSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// An API publisher: its connection answers pings and checks its rooms while its
 /// lanes publish; it reports its publishing like a WebSocket publisher.
@@ -128,6 +132,7 @@ async fn publish_lane(run: Arc<Run>, p: u32, lane: u32, rooms: Vec<u32>) -> Lane
         source: (!run.common.source_addr.is_empty())
             .then(|| run.common.source_addr[stamp as usize % run.common.source_addr.len()]),
         conn: None,
+        last_used: Instant::now(),
         body: Vec::with_capacity(run.payload + 128),
         book: LaneBook {
             stamp,
@@ -158,6 +163,9 @@ async fn publish_lane(run: Arc<Run>, p: u32, lane: u32, rooms: Vec<u32>) -> Lane
             break;
         }
         let next = start + Duration::from_secs_f64(sent as f64 / rate);
+        if l.conn.is_some() && now.duration_since(l.last_used) > IDLE_REUSE_LIMIT {
+            l.conn = None;
+        }
         let wait = if now < next {
             next
         } else if l.conn.is_none() && !l.connect().await {
@@ -212,6 +220,8 @@ struct Lane<'a> {
     endpoint: &'a Endpoint,
     source: Option<std::net::IpAddr>,
     conn: Option<HttpConn>,
+    /// When `conn` was opened or last answered.
+    last_used: Instant,
     /// Reused for every request body.
     body: Vec<u8>,
     book: LaneBook,
@@ -222,7 +232,10 @@ impl Lane<'_> {
     async fn connect(&mut self) -> bool {
         let timeout = self.run.common.connect_timeout;
         match HttpConn::open(self.endpoint, self.source, timeout).await {
-            Ok(c) => self.conn = Some(c),
+            Ok(c) => {
+                self.conn = Some(c);
+                self.last_used = Instant::now();
+            }
             Err(e) => {
                 self.api.count_error(format!("connect {}", e.kind()));
                 self.book.errors += 1;
@@ -266,6 +279,7 @@ impl Lane<'_> {
             Ok(Ok(resp)) => {
                 let us = sent.elapsed().as_micros() as u64;
                 self.api.latency.record(self.book.stamp as usize, &[us]);
+                self.last_used = Instant::now();
                 if !conn.reusable() {
                     self.conn = None;
                 }
