@@ -45,6 +45,16 @@ pub struct ClientConfig {
     pub publish_rate_per_sec: u32,
     /// Burst allowance for `publish_rate_per_sec`. Default 100.
     pub publish_burst: u32,
+    /// Commands other than publishes and pongs (which have their own budget or
+    /// none) per second one connection may send (error 111 beyond), so subscribe,
+    /// presence and history churn cannot load Redis or flood join/leave pushes; 0 is
+    /// unlimited. Default 100.
+    pub command_rate_per_sec: u32,
+    /// Burst allowance for `command_rate_per_sec`. Default 200.
+    pub command_burst: u32,
+    /// Commands in one WebSocket message; more close the connection with 3013.
+    /// Default 100.
+    pub max_commands_per_frame: usize,
     /// Connections this node accepts; more get HTTP 503 so the client retries
     /// (another node, after backoff). Default 500000.
     pub max_connections: usize,
@@ -76,6 +86,9 @@ impl Default for ClientConfig {
             max_channel_length: 255,
             publish_rate_per_sec: 50,
             publish_burst: 100,
+            command_rate_per_sec: 100,
+            command_burst: 200,
+            max_commands_per_frame: 100,
             max_connections: 500_000,
             allowed_origins: Vec::new(),
             allow_anonymous_connect_without_token: false,

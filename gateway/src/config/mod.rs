@@ -303,6 +303,15 @@ impl Config {
                 "must be > 0 when publish_rate_per_sec is set",
             ));
         }
+        if c.command_rate_per_sec > 0 && c.command_burst == 0 {
+            return Err(invalid(
+                "client.command_burst",
+                "must be > 0 when command_rate_per_sec is set",
+            ));
+        }
+        if c.max_commands_per_frame == 0 {
+            return Err(invalid("client.max_commands_per_frame", "must be > 0"));
+        }
         self.http.validate()?;
         self.api.validate()?;
         self.proxy.validate()?;

@@ -15,6 +15,7 @@
 //! - `publish`: publish, presence, presence_stats, history, rpc.
 //! - `server`: what the server API asks of a connection (subscribe, refresh).
 
+mod bucket;
 mod connect;
 mod publish;
 mod recovery;
@@ -25,7 +26,10 @@ mod subscribe;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shared::codes::{DisconnectCode, DISCONNECT_BAD_REQUEST, DISCONNECT_NOT_AVAILABLE};
+use shared::codes::{
+    DisconnectCode, DISCONNECT_BAD_REQUEST, DISCONNECT_NOT_AVAILABLE, DISCONNECT_TOO_MANY_REQUESTS,
+    ERROR_TOO_MANY_REQUESTS,
+};
 use shared::protocol::{self, Command, ReplyBody, Request};
 
 pub(crate) use session::Conn;
@@ -36,7 +40,11 @@ impl Conn {
     /// code to close the connection with.
     pub(crate) async fn handle_frame(&self, frame: &[u8]) -> Result<(), DisconnectCode> {
         let lines = protocol::split_frame(frame).ok_or(DISCONNECT_BAD_REQUEST)?;
-        for line in lines {
+        let max = self.node.config.client.max_commands_per_frame;
+        for (i, line) in lines.enumerate() {
+            if i >= max {
+                return Err(DISCONNECT_TOO_MANY_REQUESTS);
+            }
             let cmd = Command::parse(line).map_err(|_| DISCONNECT_BAD_REQUEST)?;
             self.handle_command(cmd).await?;
             if self.out.is_closing() {
@@ -55,7 +63,14 @@ impl Conn {
             (Phase::Connected, Some(Request::Send(_))) => Err(DISCONNECT_NOT_AVAILABLE.into()),
             // Id 0 without `send` is a pong, whatever else the command holds.
             (Phase::Connected, _) if id == 0 => self.pong(),
-            (Phase::Connected, Some(request)) if id > 0 => self.dispatch(id, request).await,
+            // Publishes have their own budget (`publish_rate_per_sec`).
+            (Phase::Connected, Some(request)) if id > 0 => {
+                if matches!(request, Request::Publish(_)) || self.take_command_token() {
+                    self.dispatch(id, request).await
+                } else {
+                    Err(ERROR_TOO_MANY_REQUESTS.into())
+                }
+            }
             _ => Err(DISCONNECT_BAD_REQUEST.into()),
         };
         match outcome {
@@ -94,6 +109,16 @@ impl Conn {
         };
         self.reply(id, body);
         Ok(())
+    }
+
+    /// Whether the command rate allows one more command now.
+    fn take_command_token(&self) -> bool {
+        let cfg = &self.node.config.client;
+        self.session.lock().command_bucket.take(
+            tokio::time::Instant::now(),
+            cfg.command_rate_per_sec,
+            cfg.command_burst,
+        )
     }
 
     /// Leave every room after the socket is gone.

@@ -17,20 +17,9 @@ use crate::proxy::Kind;
 impl Conn {
     fn take_publish_token(&self) -> bool {
         let cfg = &self.node.config.client;
-        if cfg.publish_rate_per_sec == 0 {
-            return true;
-        }
         let mut s = self.session.lock();
-        let now = Instant::now();
-        let elapsed = now.duration_since(s.publish_refilled).as_secs_f64();
-        s.publish_refilled = now;
-        s.publish_tokens = (s.publish_tokens + elapsed * cfg.publish_rate_per_sec as f64)
-            .min(cfg.publish_burst as f64);
-        if s.publish_tokens < 1.0 {
-            return false;
-        }
-        s.publish_tokens -= 1.0;
-        true
+        s.publish_bucket
+            .take(Instant::now(), cfg.publish_rate_per_sec, cfg.publish_burst)
     }
 
     pub(super) async fn publish(&self, req: PublishRequest) -> Outcome<ReplyBody> {

@@ -18,6 +18,7 @@ use shared::protocol::{self, ClientInfo, ErrorBody, Raw, ReplyBody};
 use shared::proxy::{Decision, ProxyDisconnect};
 use tokio::time::Instant;
 
+use super::bucket::TokenBucket;
 use crate::config::{ChannelError, ChannelOptions};
 use crate::hub::Subscriber;
 use crate::node::Node;
@@ -165,9 +166,10 @@ pub(crate) struct Session {
     pub(crate) next_ping: Option<Instant>,
     /// Set while a ping waits for its pong.
     pub(crate) pong_deadline: Option<Instant>,
-    /// Publish token bucket.
-    pub(crate) publish_tokens: f64,
-    pub(crate) publish_refilled: Instant,
+    /// Publications (`client.publish_rate_per_sec`).
+    pub(crate) publish_bucket: TokenBucket,
+    /// Every command with an id (`client.command_rate_per_sec`).
+    pub(crate) command_bucket: TokenBucket,
     /// Cached earliest timer; recomputed when due or when `timers_dirty`.
     pub(crate) next_timer: Instant,
     pub(crate) timers_dirty: bool,
@@ -201,8 +203,8 @@ impl Conn {
             connect_deadline: now + cfg.connect_timeout,
             next_ping: None,
             pong_deadline: None,
-            publish_tokens: cfg.publish_burst as f64,
-            publish_refilled: now,
+            publish_bucket: TokenBucket::full(cfg.publish_burst, now),
+            command_bucket: TokenBucket::full(cfg.command_burst, now),
             next_timer: now,
             timers_dirty: true,
         };

@@ -256,3 +256,66 @@ async fn channel_names_with_control_characters_or_braces_are_107() {
     c.subscribe("état-2024_x.y").await;
     c.subscribe("dialog#1,2").await;
 }
+
+/// Every command but publishes and pongs is budgeted per connection: a flood of
+/// presence, history or subscribe churn gets 111 (temporary) beyond the burst, the
+/// connection stays, and publishes keep their own budget.
+#[tokio::test]
+async fn commands_beyond_the_command_budget_are_111() {
+    let gw = TestGateway::with(|c| {
+        c.client.command_rate_per_sec = 2;
+        c.client.command_burst = 4;
+    })
+    .await;
+    let mut c = gw.client("1").await;
+    // The subscribe is the first command of the budget.
+    c.subscribe("room").await;
+    let mut lines = Vec::new();
+    for i in 0..6u32 {
+        let cmd = match i % 3 {
+            0 => json!({"id": 100 + i, "presence": {"channel": "room"}}),
+            1 => json!({"id": 100 + i, "history": {"channel": "room", "limit": 1}}),
+            _ => json!({"id": 100 + i, "subscribe": {"channel": format!("churn{i}")}}),
+        };
+        lines.push(cmd.to_string());
+    }
+    c.send_text(&lines.join("\n")).await;
+    let mut limited = 0;
+    for i in 0..6u32 {
+        let r = c.reply(100 + i).await;
+        if r["error"]["code"] == json!(111) {
+            assert_eq!(r["error"]["temporary"], json!(true), "{r}");
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 3, "burst of 4, one spent on the first subscribe");
+    // Publishes are not counted here.
+    for n in 0..5 {
+        let r = c.publish("room", json!(n)).await;
+        assert_eq!(r["publish"], json!({}), "{r}");
+    }
+    // The budget refills.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let r = c.call("presence_stats", json!({"channel": "room"})).await;
+    assert!(r.get("presence_stats").is_some(), "{r}");
+}
+
+/// A message with more commands than `client.max_commands_per_frame` closes the
+/// connection with 3013.
+#[tokio::test]
+async fn a_frame_with_too_many_commands_closes_3013() {
+    let gw = TestGateway::with(|c| c.client.max_commands_per_frame = 3).await;
+    let mut c = gw.client("1").await;
+    let three: Vec<String> = (1..=3)
+        .map(|i| json!({"id": 50 + i, "presence_stats": {"channel": "x"}}).to_string())
+        .collect();
+    c.send_text(&three.join("\n")).await;
+    for i in 1..=3 {
+        c.reply(50 + i).await;
+    }
+    let four: Vec<String> = (1..=4)
+        .map(|i| json!({"id": 60 + i, "presence_stats": {"channel": "x"}}).to_string())
+        .collect();
+    c.send_text(&four.join("\n")).await;
+    assert_eq!(c.closed().await, (3013, "too many requests".to_string()));
+}
