@@ -10,6 +10,7 @@ use shared::protocol::{
 use shared::proxy::ConnFields;
 use tokio::time::Instant;
 
+use super::recovery::{fitting, reply_bytes};
 use super::session::{allowed, backend_payload, internal, proxy_failed, Conn, Outcome};
 use crate::node::HistoryError;
 use crate::proxy::Kind;
@@ -151,6 +152,14 @@ impl Conn {
                 HistoryError::EpochChanged => ERROR_UNRECOVERABLE_POSITION.into(),
                 HistoryError::Broker(e) => internal(e),
             })?;
+        // A page never takes more than half the outbound budget: more would close
+        // the connection as slow. The client reads on from the last offset it got.
+        let mut page = page;
+        let fits = fitting(
+            page.publications.iter().map(|p| reply_bytes(p)),
+            self.out.max_bytes() / 2,
+        );
+        page.publications.truncate(fits);
         Ok(ReplyBody::History(HistoryResult {
             publications: page.publications,
             epoch: page.position.epoch,

@@ -3,6 +3,7 @@
 //! for it. Pure: the subscribe path reads history and calls [`verdict`].
 
 use shared::codes::{ErrorCode, ERROR_UNRECOVERABLE_POSITION};
+use shared::protocol::Publication;
 
 /// Why a recovery succeeded or not (docs/protocol.md §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,37 @@ pub(crate) enum Recovery {
     /// The client missed more publications than one recovery returns
     /// (`recovery_max_publication_limit`).
     OverLimit,
+    /// The missed publications would not fit the connection's outbound budget
+    /// (half of `client.queue_max_bytes`): sending them would close it as slow,
+    /// and its next recovery would again.
+    OverBudget,
+}
+
+/// Bytes a publication takes in a reply, roughly: its payloads and the JSON
+/// around them.
+pub(crate) fn reply_bytes(p: &Publication) -> usize {
+    const ENVELOPE: usize = 96;
+    let info = p.info.as_ref().map_or(0, |i| {
+        i.user.len()
+            + i.client.len()
+            + i.conn_info.as_ref().map_or(0, |r| r.get().len())
+            + i.chan_info.as_ref().map_or(0, |r| r.get().len())
+    });
+    ENVELOPE + p.data.get().len() + info
+}
+
+/// How many of `sizes`, from the first, fit in `budget` bytes together.
+pub(crate) fn fitting(sizes: impl IntoIterator<Item = usize>, budget: usize) -> usize {
+    let mut used = 0usize;
+    let mut n = 0;
+    for s in sizes {
+        match used.checked_add(s) {
+            Some(u) if u <= budget => used = u,
+            _ => break,
+        }
+        n += 1;
+    }
+    n
 }
 
 /// What the client says it has, and what history answered.
@@ -192,9 +224,19 @@ mod tests {
             Recovery::EpochChanged,
             Recovery::RangeGone,
             Recovery::OverLimit,
+            Recovery::OverBudget,
         ] {
             assert_eq!(r.answer(true), Err(ERROR_UNRECOVERABLE_POSITION));
             assert_eq!(r.answer(false), Ok(false));
         }
+    }
+
+    #[test]
+    fn what_fits_a_budget() {
+        assert_eq!(fitting([10, 10, 10], 25), 2);
+        assert_eq!(fitting([10, 10, 10], 30), 3);
+        assert_eq!(fitting([40, 1], 30), 0);
+        assert_eq!(fitting(Vec::<usize>::new(), 0), 0);
+        assert_eq!(fitting([usize::MAX, 1], usize::MAX), 1);
     }
 }

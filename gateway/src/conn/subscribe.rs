@@ -354,6 +354,18 @@ impl Conn {
                 count: page.publications.len(),
                 limit,
             });
+            let budget = self.out.max_bytes() / 2;
+            let verdict = match verdict {
+                recovery::Recovery::Exact
+                    if recovery::fitting(
+                        page.publications.iter().map(|p| recovery::reply_bytes(p)),
+                        budget,
+                    ) < page.publications.len() =>
+                {
+                    recovery::Recovery::OverBudget
+                }
+                v => v,
+            };
             tracing::debug!(client = %self.client, %channel, ?verdict, "recovery");
             if verdict.answer(p.reject_unrecovered)? {
                 result.recovered = true;

@@ -322,3 +322,61 @@ async fn offsets_near_the_top_of_u64_are_answered() {
         assert_eq!(h["history"]["offset"], json!(2), "{h}");
     }
 }
+
+/// A history page or a recovery larger than the connection's outbound budget used
+/// to close the client with 3008 every time it asked (and its SDK asked again).
+/// Now a page stops at half the budget, and such a recovery is `recovered: false`.
+#[tokio::test]
+async fn replies_larger_than_the_outbound_budget_do_not_close_the_client() {
+    let gw = TestGateway::with(|c| {
+        c.client.queue_max_bytes = 64 << 10;
+        c.client.publish_rate_per_sec = 0;
+    })
+    .await;
+    let mut p = gw.client("p").await;
+    p.subscribe("room").await;
+    let fill = "z".repeat(10_000);
+    for n in 1..=10 {
+        let r = p.publish("room", json!({ "n": n, "fill": fill })).await;
+        assert_eq!(r["publish"], json!({}), "{r}");
+    }
+    let (mut c, _) = Client::connected(gw.addr, &token("u")).await;
+    let sub = sub_recover(&mut c, "room", None).await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    let h = c
+        .call("history", json!({"channel": "room", "limit": 10}))
+        .await;
+    let pubs = h["history"]["publications"]
+        .as_array()
+        .expect("history")
+        .clone();
+    assert!(
+        !pubs.is_empty() && pubs.len() < 10,
+        "a page within half of 64 KiB: {} publications",
+        pubs.len()
+    );
+    assert_eq!(pubs[0]["data"]["n"], json!(1), "from the start");
+    assert_eq!(h["history"]["offset"], json!(10));
+    // Reading on from the last offset of the page gets the next ones.
+    let last = pubs.last().unwrap()["offset"].as_u64().unwrap();
+    let next = c
+        .call(
+            "history",
+            json!({"channel": "room", "limit": 10, "since": {"offset": last, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(
+        next["history"]["publications"][0]["offset"],
+        json!(last + 1),
+        "{next}"
+    );
+    // A recovery of all ten does not fit: not recovered, and the client stays.
+    let (mut r, _) = Client::connected(gw.addr, &token("r")).await;
+    let rec = sub_recover(&mut r, "room", Some((0, &epoch))).await;
+    assert_eq!(rec["recovered"], Value::Null, "{rec}");
+    assert_eq!(rec["offset"], json!(10));
+    assert!(rec.get("publications").is_none(), "{rec}");
+    let again = r.publish("room", json!("still connected")).await;
+    assert_eq!(again["publish"], json!({}), "{again}");
+    assert_eq!(gw.node.metrics.slow_disconnects.get(), 0);
+}
