@@ -24,6 +24,12 @@ async fn publish_one(
     skip_history: bool,
 ) -> ApiResult<PublishResult> {
     let opts = resolve(node, channel)?;
+    if data.get().len() > opts.max_publication_bytes {
+        return Err(ApiError::bad_request(format!(
+            "data over max_publication_bytes ({})",
+            opts.max_publication_bytes
+        )));
+    }
     let history = opts.history().filter(|_| !skip_history);
     let publication = Publication {
         data,

@@ -33,6 +33,10 @@ pub struct ChannelOptions {
     pub allow_subscribe: bool,
     /// Every subscription is recoverable, whether the client asked or not. Default false.
     pub force_recovery: bool,
+    /// Largest publication payload (`data`, bytes) from a client or the server API
+    /// (107 beyond), so that history cannot grow Redis faster than this times
+    /// `history_size` per room. Default 65536.
+    pub max_publication_bytes: usize,
     /// Subscribes without a token ask `proxy.subscribe_url`, which decides instead of
     /// `allow_subscribe`. Default false.
     pub proxy_subscribe: bool,
@@ -55,6 +59,7 @@ impl Default for ChannelOptions {
             allow_publish: true,
             allow_subscribe: true,
             force_recovery: false,
+            max_publication_bytes: 64 << 10,
             proxy_subscribe: false,
             proxy_publish: false,
             proxy_sub_refresh: false,
@@ -72,6 +77,12 @@ impl ChannelOptions {
     }
 
     pub(crate) fn validate(&self, field: &str, proxy: &ProxyConfig) -> Result<(), ConfigError> {
+        if self.max_publication_bytes == 0 {
+            return Err(invalid(
+                format!("{field}.max_publication_bytes"),
+                "must be > 0",
+            ));
+        }
         let needs = [
             (
                 self.proxy_subscribe,

@@ -28,6 +28,9 @@ impl Conn {
             return Err(DISCONNECT_BAD_REQUEST.into());
         };
         let (_, opts) = self.resolve(&req.channel)?;
+        if data.get().len() > opts.max_publication_bytes {
+            return Err(ERROR_BAD_REQUEST.into());
+        }
         // With the publish proxy the backend decides who may publish, subscribed
         // or not (as in Centrifugo); otherwise subscribers of a room that allows it.
         let info = match self.subscribed_info(&req.channel) {

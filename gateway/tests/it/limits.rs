@@ -319,3 +319,43 @@ async fn a_frame_with_too_many_commands_closes_3013() {
     c.send_text(&four.join("\n")).await;
     assert_eq!(c.closed().await, (3013, "too many requests".to_string()));
 }
+
+/// A namespace's `max_publication_bytes` bounds what one publication may add to
+/// history, from clients and from the server API alike.
+#[tokio::test]
+async fn publications_over_max_publication_bytes_are_107() {
+    let gw = TestGateway::with(|c| {
+        c.api_key = Some("k".into());
+        c.channel.max_publication_bytes = 100;
+    })
+    .await;
+    let mut c = gw.client("1").await;
+    c.subscribe("room").await;
+    let big = json!({ "fill": "x".repeat(200) });
+    let e = c
+        .call_err("publish", json!({"channel": "room", "data": big}))
+        .await;
+    assert_eq!(e["code"], json!(107), "{e}");
+    let body = json!({"channel": "room", "data": big}).to_string();
+    let (status, _, text) = http_post(
+        gw.addr,
+        "/api/publish",
+        &[("X-API-Key", "k")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["error"]["code"],
+        json!(107),
+        "{text}"
+    );
+    let r = c.publish("room", json!({ "fill": "x".repeat(50) })).await;
+    assert_eq!(r["publish"], json!({}), "{r}");
+    let p = c.push("room").await;
+    assert_eq!(
+        p["pub"]["offset"],
+        json!(1),
+        "only the small one was kept: {p}"
+    );
+}
