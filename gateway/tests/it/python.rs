@@ -11,9 +11,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use gateway::Config;
-use serde_json::Value;
 
-use crate::support::{token, TestGateway};
+use crate::support::{run_checked_script, token, TestGateway};
 
 /// Bound for a whole script; its own waits are 5 s each and it stops itself at 75 s.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -64,51 +63,16 @@ async fn run_script(script: &str, args: &[String]) {
     require_python(&deps).await;
     let dir = scripts_dir();
 
-    let child = tokio::process::Command::new("python3")
+    let mut command = tokio::process::Command::new("python3");
+    command
         .arg(dir.join(script))
         .args(args)
         .current_dir(&dir)
         .env("PYTHONPATH", &deps)
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn python3");
-    let out = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_TIMEOUT:?}"))
-        .expect("wait for python3");
-
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = || {
-        format!(
-            "exit status: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-            out.status
-        )
-    };
-    assert!(out.status.success(), "{script} failed\n{}", report());
-    let last: Value = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("{script} printed no final JSON line\n{}", report()));
-    assert_eq!(
-        last["ok"],
-        Value::Bool(true),
-        "{script} did not report ok\n{}",
-        report()
-    );
-    // Shown with --nocapture: one line per check (and, with INTEROP_TRACE=1, the
-    // SDK's frames on stderr).
-    println!("{stdout}");
-    if !stderr.trim().is_empty() {
-        eprintln!("{stderr}");
-    }
+        .env("PYTHONUNBUFFERED", "1");
+    // With INTEROP_TRACE=1 the SDK's frames go to stderr.
+    run_checked_script(command, script, SCRIPT_TIMEOUT).await;
 }
 
 /// A cluster node for the API test: the API on, heartbeats short so that `info`

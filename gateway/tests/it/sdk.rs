@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::support::{token, TestGateway};
+use crate::support::{run_checked_script, token, TestGateway};
 
 /// Bound for the whole script; its own waits are 5 s each.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,44 +50,9 @@ async fn run_script(script: &str, args: &[String]) {
     let dir = sdk_dir();
     require_node(&dir).await;
 
-    let child = tokio::process::Command::new("node")
-        .arg(dir.join(script))
-        .args(args)
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node");
-    let out = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_TIMEOUT:?}"))
-        .expect("wait for node");
-
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = || {
-        format!(
-            "exit status: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-            out.status
-        )
-    };
-    assert!(out.status.success(), "{script} failed\n{}", report());
-    let last: Value = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("{script} printed no final JSON line\n{}", report()));
-    assert_eq!(
-        last["ok"],
-        Value::Bool(true),
-        "{script} did not report ok\n{}",
-        report()
-    );
-    // Shown with --nocapture: the steps the SDK went through.
-    println!("{stdout}");
+    let mut command = tokio::process::Command::new("node");
+    command.arg(dir.join(script)).args(args).current_dir(&dir);
+    run_checked_script(command, script, SCRIPT_TIMEOUT).await;
 }
 
 #[tokio::test]

@@ -567,3 +567,49 @@ pub async fn http_request(
         .collect();
     (status, headers, body.to_owned())
 }
+
+/// Run an interoperability script (`command` is ready to spawn) for at most
+/// `timeout`; assert that it exits 0 and that its last line is `{"ok":true,...}`.
+/// Shows its output with `--nocapture`, and all of it on failure.
+pub async fn run_checked_script(
+    mut command: tokio::process::Command,
+    script: &str,
+    timeout: Duration,
+) {
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {script}: {e}"));
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("wait for {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = || {
+        format!(
+            "exit status: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            out.status
+        )
+    };
+    assert!(out.status.success(), "{script} failed\n{}", report());
+    let last: Value = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("{script} printed no final JSON line\n{}", report()));
+    assert_eq!(
+        last["ok"],
+        Value::Bool(true),
+        "{script} did not report ok\n{}",
+        report()
+    );
+    println!("{stdout}");
+    if !stderr.trim().is_empty() {
+        eprintln!("{stderr}");
+    }
+}
