@@ -94,6 +94,7 @@ async fn a_client_that_pauses_reading_gets_every_publication_intact_in_order() {
         c.client.publish_rate_per_sec = 0;
         c.client.queue_max_bytes = 64 << 20;
         c.client.max_message_bytes = 1 << 20;
+        c.channel.max_publication_bytes = 1 << 20;
     })
     .await;
     let mut paused = slow_client(&gw).await;
