@@ -156,7 +156,10 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish_leave(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError>;
 
     /// Read `room`'s history. A room that never had publications gets a stream
-    /// position (offset 0 and a fresh epoch) that later publications keep.
+    /// position (offset 0 and a fresh epoch) that later publications keep; made by
+    /// a read, it lives only `meta_ttl` unless a publication or
+    /// [`Broker::keep_positions`] extends it, so reads of made-up room names leave
+    /// nothing lasting behind.
     async fn history(
         &self,
         room: &str,
@@ -164,13 +167,19 @@ pub trait Broker: Send + Sync + 'static {
         meta_ttl: Duration,
     ) -> Result<HistoryPage, BrokerError>;
 
+    /// Extend the position of each `(room, ttl)` to live at least `ttl` from now,
+    /// where one exists (a position is never created, nor shortened). A node calls
+    /// it for rooms with local subscribers, so that the epoch they were given stays.
+    async fn keep_positions(&self, rooms: &[(String, Duration)]) -> Result<(), BrokerError>;
+
     /// Drop `room`'s publications (the position and epoch stay).
     async fn remove_history(&self, room: &str) -> Result<(), BrokerError>;
 
     /// Record that connection `info.client` is in `room`.
     async fn presence_add(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError>;
 
-    async fn presence_remove(&self, room: &str, client: &str) -> Result<(), BrokerError>;
+    /// Record that connection `info.client` has left `room`.
+    async fn presence_remove(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError>;
 
     /// Every connection in `room`, by client id.
     async fn presence(&self, room: &str) -> Result<HashMap<String, ClientInfo>, BrokerError>;

@@ -215,6 +215,16 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn keep_positions(&self, rooms: &[(String, Duration)]) -> Result<(), BrokerError> {
+        let now = Instant::now();
+        for (room, ttl) in rooms {
+            if let Some(s) = self.shard(room).lock().stream(room, now) {
+                s.meta_expire = s.meta_expire.max(now + *ttl);
+            }
+        }
+        Ok(())
+    }
+
     async fn history(
         &self,
         room: &str,
@@ -287,7 +297,8 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn presence_remove(&self, room: &str, client: &str) -> Result<(), BrokerError> {
+    async fn presence_remove(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        let client = info.client.as_str();
         let mut shard = self.shard(room).lock();
         if let Some(members) = shard.presence.get_mut(room) {
             members.remove(client);
@@ -454,7 +465,12 @@ mod tests {
         }
         let s = b.presence_stats("r").await.unwrap();
         assert_eq!((s.num_clients, s.num_users), (3, 2));
-        b.presence_remove("r", "a").await.unwrap();
+        let a = ClientInfo {
+            user: "1".into(),
+            client: "a".into(),
+            ..Default::default()
+        };
+        b.presence_remove("r", &a).await.unwrap();
         assert_eq!(b.presence("r").await.unwrap().len(), 2);
     }
 

@@ -184,7 +184,8 @@ impl RedisCluster {
 
 /// A TCP proxy in front of a server, for fault tests: [`Proxy::freeze`] stops
 /// forwarding on the connections open now (a silent connection, as in a failover);
-/// [`Proxy::cut`] closes them. New connections always flow.
+/// [`Proxy::cut`] closes them; [`Proxy::trap`] lets one request through and loses
+/// its reply with the connection. New connections always flow.
 pub struct Proxy {
     pub port: u16,
     state: std::sync::Arc<ProxyState>,
@@ -200,6 +201,8 @@ struct ProxyState {
             tokio_util::sync::CancellationToken,
         )>,
     >,
+    /// Armed by [`Proxy::trap`]: the bytes a request must contain.
+    trap: parking_lot::Mutex<Option<Vec<u8>>>,
 }
 
 impl Proxy {
@@ -227,8 +230,8 @@ impl Proxy {
                 st.conns.lock().push((frozen.clone(), cut.clone()));
                 let (cr, cw) = client.into_split();
                 let (ur, uw) = upstream.into_split();
-                tokio::spawn(pipe(cr, uw, frozen.clone(), cut.clone()));
-                tokio::spawn(pipe(ur, cw, frozen, cut));
+                tokio::spawn(pipe(cr, uw, frozen.clone(), cut.clone(), Some(st.clone())));
+                tokio::spawn(pipe(ur, cw, frozen, cut, None));
             }
         });
         Proxy { port, state, stop }
@@ -243,6 +246,13 @@ impl Proxy {
         for (f, _) in self.state.conns.lock().iter() {
             f.store(true, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// The next request (a read from the client) containing `pattern` reaches the
+    /// server, and then its connection freezes and is cut: the server has run the
+    /// command and its reply is lost, as when a connection drops after sending.
+    pub fn trap(&self, pattern: &[u8]) {
+        *self.state.trap.lock() = Some(pattern.to_vec());
     }
 
     /// Close every connection open now; what they held is lost.
@@ -264,6 +274,7 @@ async fn pipe(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: tokio_util::sync::CancellationToken,
+    trap: Option<std::sync::Arc<ProxyState>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
@@ -280,6 +291,25 @@ async fn pipe(
             // Frozen while reading: what was read is held back, i.e. lost on cut.
             cut.cancelled().await;
             return;
+        }
+        let trapped = trap.as_ref().is_some_and(|st| {
+            let mut armed = st.trap.lock();
+            let hit = armed
+                .as_ref()
+                .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p.as_slice()));
+            if hit {
+                *armed = None;
+            }
+            hit
+        });
+        if trapped {
+            // Freeze first, so the reply cannot slip through; the request goes on.
+            frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                cut.cancel();
+            });
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

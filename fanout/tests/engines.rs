@@ -259,11 +259,23 @@ async fn no_history_and_presence_behaviour(b: Arc<dyn Broker>, rec: Arc<Recorder
     }
     let stats = b.presence_stats("p").await.unwrap();
     assert_eq!((stats.num_clients, stats.num_users), (3, 2));
-    b.presence_remove("p", "a").await.unwrap();
+    // Stats count users, not entries: user 1 stays while one of its two is left.
+    b.presence_remove("p", &info("1", "a")).await.unwrap();
+    let stats = b.presence_stats("p").await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (2, 2));
     let members = b.presence("p").await.unwrap();
     let mut clients: Vec<&str> = members.keys().map(String::as_str).collect();
     clients.sort();
     assert_eq!(clients, vec!["b", "c"]);
+    // A refresh of a present entry does not count it twice; a second removal of a
+    // gone entry does not count it off twice.
+    b.presence_add("p", &info("1", "b")).await.unwrap();
+    b.presence_remove("p", &info("1", "a")).await.unwrap();
+    let stats = b.presence_stats("p").await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (2, 2));
+    b.presence_remove("p", &info("1", "b")).await.unwrap();
+    let stats = b.presence_stats("p").await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (1, 1));
     b.publish_join("p", &info("9", "z")).await.unwrap();
     b.publish_leave("p", &info("9", "z")).await.unwrap();
     let ev = rec
@@ -346,17 +358,33 @@ async fn redis_presence_of_a_vanished_node_expires() {
         ..Default::default()
     };
     a.presence_add("r", &info).await.unwrap();
-    assert_eq!(b.presence_stats("r").await.unwrap().num_clients, 1);
+    // b's own member keeps the room's keys alive, so the vanished entry goes by
+    // its own expiry (and takes its user's count with it), not the keys'.
+    let stays = ClientInfo {
+        user: "2".into(),
+        client: "stays".into(),
+        ..Default::default()
+    };
+    b.presence_add("r", &stays).await.unwrap();
+    let s = b.presence_stats("r").await.unwrap();
+    assert_eq!((s.num_clients, s.num_users), (2, 2));
     drop(a);
     // presence_ttl is 2 s in these tests; nobody refreshes the entry any more.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while b.presence_stats("r").await.unwrap().num_clients != 0 {
+    loop {
+        let s = b.presence_stats("r").await.unwrap();
+        if s.num_clients == 1 {
+            assert_eq!(s.num_users, 1, "the vanished user is counted off");
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "entry never expired"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let left = b.presence("r").await.unwrap();
+    assert_eq!(left.keys().collect::<Vec<_>>(), vec!["stays"]);
 }
 
 #[tokio::test]
@@ -408,7 +436,12 @@ async fn redis_node_refreshes_many_presence_entries_and_forgets_leavers() {
     let leavers: Vec<&(String, String)> = members.iter().step_by(2).collect();
     let pause = Duration::from_millis(2000) / leavers.len() as u32;
     for (room, client) in &leavers {
-        a.presence_remove(room, client).await.unwrap();
+        let info = ClientInfo {
+            user: "u".into(),
+            client: client.clone(),
+            ..Default::default()
+        };
+        a.presence_remove(room, &info).await.unwrap();
         tokio::time::sleep(pause).await;
     }
     // Within a TTL of the last removal a leaver put back by a refresh would still
@@ -440,6 +473,40 @@ async fn redis_via(url: String) -> (Arc<RedisBroker>, Arc<Recorder>) {
         ..Default::default()
     })
     .await
+}
+
+/// The connection drops after a publish reached Redis and before its reply came
+/// back: the publish is retried, and the retry must not append it a second time.
+#[tokio::test]
+async fn redis_publish_whose_reply_was_lost_is_applied_once() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let (b, _) = redis_via(proxy.url()).await;
+    let h = HistoryOptions {
+        size: 100,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(60),
+    };
+    // The first publish loads the script; the trapped one runs it by its hash.
+    let first = b.publish("x", publication(1), Some(h)).await.unwrap();
+    proxy.trap(b"\"n\":424242");
+    let lost = b
+        .publish("x", publication(424_242), Some(h))
+        .await
+        .expect("the publish is retried on a fresh connection");
+    assert_eq!(lost.offset, first.offset + 1, "the first run's position");
+    let next = b.publish("x", publication(3), Some(h)).await.unwrap();
+    assert_eq!(next.offset, first.offset + 2, "no offset was taken twice");
+    let page = b
+        .history("x", HistoryQuery::default(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let data: Vec<String> = page
+        .publications
+        .iter()
+        .map(|p| p.data.get().to_owned())
+        .collect();
+    assert_eq!(data, [r#"{"n":1}"#, r#"{"n":424242}"#, r#"{"n":3}"#]);
 }
 
 /// A node whose pub/sub connection breaks misses publications; after it reconnects
@@ -739,4 +806,129 @@ async fn redis_repairs_a_room_whose_first_publications_were_missed() {
 #[tokio::test]
 async fn redis_repairs_a_room_whose_stream_appeared_while_disconnected() {
     repair_before_first_publication(false).await;
+}
+
+/// Offsets delivered per room, counted without keeping every event.
+#[derive(Default)]
+struct Tally {
+    rooms: Mutex<std::collections::HashMap<String, Vec<u64>>>,
+    total: std::sync::atomic::AtomicUsize,
+    lost: std::sync::atomic::AtomicUsize,
+}
+
+impl BrokerHandler for Tally {
+    fn on_publication(&self, room: &str, p: &Arc<Publication>, _epoch: &str) {
+        self.rooms
+            .lock()
+            .entry(room.to_owned())
+            .or_default()
+            .push(p.offset);
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn on_join(&self, _: &str, _: &ClientInfo) {}
+    fn on_leave(&self, _: &str, _: &ClientInfo) {}
+    fn on_lost(&self, _: &str) {
+        self.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn on_control(&self, _: &Control) {}
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// Publish `n` into each room, many at a time.
+async fn publish_round(b: &Arc<RedisBroker>, rooms: &[String], n: u64, h: HistoryOptions) {
+    for chunk in rooms.chunks(500) {
+        let calls = chunk.iter().map(|r| b.publish(r, publication(n), Some(h)));
+        for r in futures_util::future::join_all(calls).await {
+            r.expect("publish");
+        }
+    }
+}
+
+/// Redis restarts under 10k subscribed rooms while the node's delivery workers have
+/// queues of 16: the pub/sub reader never waits on them (a full queue marks the room
+/// for repair), every room is repaired from history, each publication arrives once
+/// and in order, and the process does not balloon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_10k_rooms_with_small_worker_queues() {
+    const ROOMS: usize = 10_000;
+    let mut server = RedisServer::start_aof();
+    let (publisher, _) = redis(&server).await;
+    let node = RedisBroker::connect(RedisConfig {
+        url: server.url(),
+        pubsub_shards: 2,
+        workers: 2,
+        worker_queue: 16,
+        probe_interval: Duration::from_millis(300),
+        command_timeout: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tally = Arc::new(Tally::default());
+    node.set_handler(tally.clone());
+    let h = HistoryOptions {
+        size: 10,
+        ttl: Duration::from_secs(300),
+        meta_ttl: Duration::from_secs(300),
+    };
+    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("r{i}")).collect();
+    for chunk in rooms.chunks(1000) {
+        for r in futures_util::future::join_all(chunk.iter().map(|r| node.subscribe(r))).await {
+            r.expect("subscribe");
+        }
+    }
+    let wait_total = |want: usize| {
+        let tally = tally.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while tally.total.load(std::sync::atomic::Ordering::Relaxed) < want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} of {want} delivered",
+                    tally.total.load(std::sync::atomic::Ordering::Relaxed)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    publish_round(&publisher, &rooms, 1, h).await;
+    wait_total(ROOMS).await;
+    let before = rss_bytes();
+
+    server.restart();
+    // Published while the node's pub/sub connections are down or resubscribing:
+    // delivered live or repaired from the stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match publisher.publish(&rooms[0], publication(2), Some(h)).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "redis back: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    publish_round(&publisher, &rooms[1..], 2, h).await;
+    publish_round(&publisher, &rooms, 3, h).await;
+    wait_total(3 * ROOMS).await;
+    // Nothing more arrives: no room was delivered twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        tally.total.load(std::sync::atomic::Ordering::Relaxed),
+        3 * ROOMS
+    );
+    assert_eq!(tally.lost.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let got = tally.rooms.lock();
+    assert_eq!(got.len(), ROOMS);
+    for (room, offsets) in got.iter() {
+        assert_eq!(offsets, &[1, 2, 3], "{room}");
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 128 << 20, "the process grew by {grown} bytes");
 }

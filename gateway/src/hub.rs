@@ -276,12 +276,22 @@ impl Hub {
         due.into_iter().filter(|r| !self.has_room(r)).collect()
     }
 
-    pub(crate) fn add_user(&self, user: &str, client: &Arc<str>, mailbox: Arc<Outbound>) {
-        self.users
-            .lock()
-            .entry(user.into())
-            .or_default()
-            .push((client.clone(), mailbox));
+    /// Record a connection of `user`, unless the user already holds `limit`
+    /// connections here (0: no limit). False when refused.
+    pub(crate) fn add_user(
+        &self,
+        user: &str,
+        client: &Arc<str>,
+        mailbox: Arc<Outbound>,
+        limit: usize,
+    ) -> bool {
+        let mut users = self.users.lock();
+        let list = users.entry(user.into()).or_default();
+        if limit > 0 && list.len() >= limit {
+            return false;
+        }
+        list.push((client.clone(), mailbox));
+        true
     }
 
     pub(crate) fn remove_user(&self, user: &str, mailbox: &Arc<Outbound>) {

@@ -89,6 +89,7 @@ impl Node {
         });
         node.tasks.spawn(unsubscribe_idle_rooms(node.clone()));
         node.tasks.spawn(heartbeat(node.clone()));
+        node.tasks.spawn(keep_room_positions(node.clone()));
         node.tasks.spawn(answer_surveys(node.clone(), queries));
         Ok(node)
     }
@@ -158,7 +159,7 @@ impl Node {
         };
         let page = self
             .broker
-            .history(channel, query, opts.history_meta_ttl)
+            .history(channel, query, opts.read_position_ttl())
             .await
             .map_err(HistoryError::Broker)?;
         if !since_epoch.is_empty() && since_epoch != page.position.epoch {
@@ -242,6 +243,39 @@ async fn heartbeat(node: Arc<Node>) {
             .await
         {
             tracing::debug!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// Keep the stream positions of rooms with local subscribers alive: a position
+/// made by a read lives only its namespace's history TTL, and a quiet room must
+/// keep the epoch its subscribers were given.
+async fn keep_room_positions(node: Arc<Node>) {
+    let Some(every) = node.config.position_keepalive_interval() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+        let rooms: Vec<(String, Duration)> = node
+            .hub
+            .rooms(|_| true)
+            .into_iter()
+            .filter_map(|(room, _)| {
+                let (_, opts) = node.config.resolve_channel(&room).ok()?;
+                let ttl = opts.history()?.ttl;
+                Some((room, ttl))
+            })
+            .collect();
+        if rooms.is_empty() {
+            continue;
+        }
+        if let Err(e) = node.broker.keep_positions(&rooms).await {
+            tracing::debug!(rooms = rooms.len(), error = %e, "position keep-alive failed");
         }
     }
 }

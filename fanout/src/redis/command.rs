@@ -198,6 +198,12 @@ impl Commands {
         }
     }
 
+    /// How long a retried command may come after its first run: a publish's result
+    /// is kept this long for its retry to find.
+    pub(super) fn retry_window(&self) -> Duration {
+        (self.timeout * 4).max(Duration::from_secs(10))
+    }
+
     /// Whether Redis answered the last command or probe.
     pub(super) fn is_healthy(&self) -> bool {
         self.ok.load(Ordering::Relaxed)

@@ -4,7 +4,7 @@
 //! decided by the pure functions of [`super::position`]; this code reads history
 //! and acts on it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -42,11 +42,35 @@ enum WorkerEvent {
     },
 }
 
+/// The lowest stream position a room lost to a full queue, if it was a positioned
+/// publication (a resync request that did not fit records none).
+type Dropped = Option<(u64, Arc<str>)>;
+
 struct Worker {
     tx: mpsc::Sender<WorkerEvent>,
-    /// Rooms whose messages were dropped because the queue was full.
-    overflowed: Mutex<HashSet<Arc<str>>>,
+    /// Rooms to resync because a message or resync request did not fit the queue.
+    overflowed: Mutex<HashMap<Arc<str>, Dropped>>,
     wake: tokio::sync::Notify,
+}
+
+impl Worker {
+    /// Mark `room` for a resync, keeping the lowest dropped position.
+    fn mark(&self, room: Arc<str>, dropped: Dropped) {
+        let mut o = self.overflowed.lock();
+        let slot = o.entry(room).or_default();
+        if let Some((offset, epoch)) = dropped {
+            if slot.as_ref().is_none_or(|(o, _)| offset < *o) {
+                *slot = Some((offset, epoch));
+            }
+        }
+        drop(o);
+        self.wake.notify_one();
+    }
+
+    /// The first publication `room` lost to a full queue, if any.
+    fn dropped(&self, room: &str) -> Dropped {
+        self.overflowed.lock().get(room).cloned().flatten()
+    }
 }
 
 /// The delivery workers and what they deliver to.
@@ -75,7 +99,7 @@ impl Delivery {
                 worker_rx.push(rx);
                 Worker {
                     tx,
-                    overflowed: Mutex::new(HashSet::new()),
+                    overflowed: Mutex::new(HashMap::new()),
                     wake: tokio::sync::Notify::new(),
                 }
             })
@@ -130,16 +154,24 @@ impl Delivery {
         };
         if w.tx.try_send(ev).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            w.overflowed.lock().insert(room);
-            w.wake.notify_one();
+            let dropped = ChannelMessage::parse(payload)
+                .ok()
+                .filter(|m| m.offset > 0)
+                .map(|m| (m.offset, Arc::from(m.epoch)));
+            w.mark(room, dropped);
         }
     }
 
-    /// Ask the room's worker to read what it may have missed.
-    pub(super) async fn request_resync(&self, room: Arc<str>) {
+    /// Ask the room's worker to read what it may have missed. Never waits: with
+    /// the worker's queue full the room is marked, as for a dropped message, and
+    /// the worker resyncs it when it gets to it.
+    pub(super) fn request_resync(&self, room: Arc<str>) {
         let w = self.worker(&room);
-        if w.tx.send(WorkerEvent::Resync { room }).await.is_err() {
-            tracing::debug!("worker gone");
+        if let Err(e) = w.tx.try_send(WorkerEvent::Resync { room }) {
+            let (mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev)) = e;
+            if let WorkerEvent::Resync { room } = ev {
+                w.mark(room, None);
+            }
         }
     }
 
@@ -206,6 +238,13 @@ impl Delivery {
             self.deliver_publication(room, &env, 0, "");
             return;
         }
+        if positions.get(room).is_none_or(|p| !p.delivered) {
+            // Nothing delivered beyond the baseline yet, but earlier publications
+            // were dropped: they come first (the queue is in order, so none of those
+            // before this one is still queued). Rare: only this state takes the lock.
+            let dropped = self.worker(room).dropped(room);
+            rewind_to_dropped(positions, room, dropped.filter(|(d, _)| *d < msg.offset));
+        }
         match step(positions.get(room), msg.offset, msg.epoch) {
             Step::Skip => return,
             Step::Deliver => {}
@@ -263,9 +302,11 @@ impl Delivery {
     }
 
     /// After a (re)subscribe or a dropped message. A room without a position gets its
-    /// baseline (the stream top, or "no stream"). A room with one gets what the stream
-    /// holds beyond it, in order, or is reported lost.
-    async fn resync(&self, positions: &mut Positions, room: &Arc<str>) {
+    /// baseline (the stream top, or "no stream"). A room with one (or with a dropped
+    /// publication, see [`rewind_to_dropped`]) gets what the stream holds beyond it,
+    /// in order, or is reported lost.
+    async fn resync(&self, positions: &mut Positions, room: &Arc<str>, dropped: Dropped) {
+        rewind_to_dropped(positions, room, dropped);
         let known = positions.get(room).map(|p| (p.offset, p.epoch.clone()));
         let query = resync_query(known.as_ref().map(|(after, _)| *after));
         let mut attempt = 0u32;
@@ -351,15 +392,50 @@ async fn worker_loop(delivery: Arc<Delivery>, index: usize, mut rx: mpsc::Receiv
                         .handle_message(&mut positions, &room, &payload)
                         .await
                 }
-                WorkerEvent::Resync { room } => delivery.resync(&mut positions, &room).await,
+                WorkerEvent::Resync { room } => delivery.resync(&mut positions, &room, None).await,
                 WorkerEvent::Forget { room } => {
                     positions.remove(&room);
                 }
             }
         }
-        let overflowed: Vec<Arc<str>> = delivery.workers[index].overflowed.lock().drain().collect();
-        for room in overflowed {
-            delivery.resync(&mut positions, &room).await;
+        let worker = &delivery.workers[index];
+        let overflowed: Vec<(Arc<str>, Dropped)> = worker.overflowed.lock().drain().collect();
+        for (room, dropped) in overflowed {
+            // A room with nothing delivered yet may still have publications queued
+            // before the dropped one: it waits until the queue is empty.
+            if dropped.is_some()
+                && positions.get(&room).is_none_or(|p| !p.delivered)
+                && !rx.is_empty()
+            {
+                worker.overflowed.lock().entry(room).or_insert(dropped);
+                continue;
+            }
+            delivery.resync(&mut positions, &room, dropped).await;
         }
+    }
+}
+
+/// A room that has delivered nothing beyond its baseline (or has no position) and
+/// lost publication `first` to a full queue: its position goes back to just before
+/// it, so that it is read back from the stream. (A baseline taken after the drop
+/// would otherwise cover it, and it would never be delivered.) The caller makes
+/// sure no publication before `first` is still queued.
+fn rewind_to_dropped(positions: &mut Positions, room: &Arc<str>, dropped: Dropped) {
+    let Some((first, epoch)) = dropped else {
+        return;
+    };
+    let rewind = match positions.get(room) {
+        None => true,
+        Some(p) => !p.delivered && *p.epoch == *epoch && first <= p.offset,
+    };
+    if rewind {
+        positions.insert(
+            room.clone(),
+            RoomPosition {
+                offset: first - 1,
+                epoch,
+                delivered: true,
+            },
+        );
     }
 }

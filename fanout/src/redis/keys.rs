@@ -50,10 +50,22 @@ impl Keys {
         [self.key(room, "m"), self.stream_key(room)]
     }
 
-    /// The presence scripts' keys: `<prefix>{room}.p` (client id -> info) and
-    /// `<prefix>{room}.pe` (presence expiry, a sorted set).
-    pub(super) fn presence_keys(&self, room: &str) -> [String; 2] {
-        [self.key(room, "p"), self.key(room, "pe")]
+    /// The publish script's keys: [`Keys::history_keys`] and `<prefix>{room}.i.<id>`,
+    /// where a publish with that id leaves its result for a retry to find.
+    pub(super) fn publish_keys(&self, room: &str, id: &str) -> [String; 3] {
+        let [meta, stream] = self.history_keys(room);
+        [meta, stream, self.key(room, &format!("i.{id}"))]
+    }
+
+    /// The presence scripts' keys: `<prefix>{room}.p` (client id -> info),
+    /// `<prefix>{room}.pe` (expiry of `<user>\n<client>`, a sorted set) and
+    /// `<prefix>{room}.pu` (user -> its number of entries, so stats are counts).
+    pub(super) fn presence_keys(&self, room: &str) -> [String; 3] {
+        [
+            self.key(room, "p"),
+            self.key(room, "pe"),
+            self.key(room, "pu"),
+        ]
     }
 
     /// The room of a channel name, if it is one of ours.
@@ -79,7 +91,11 @@ mod tests {
         );
         assert_eq!(
             k.presence_keys("a"),
-            ["gw{a}.p".to_owned(), "gw{a}.pe".to_owned()]
+            [
+                "gw{a}.p".to_owned(),
+                "gw{a}.pe".to_owned(),
+                "gw{a}.pu".to_owned()
+            ]
         );
         assert_eq!(k.stream_key("a"), "gw{a}.s");
     }

@@ -4,8 +4,11 @@
 //! Keys of a room share the hash tag `{room}`, so in a cluster they live in one slot:
 //! `<prefix>{room}.m` (hash: `t` top offset, `e` epoch), `<prefix>{room}.s` (stream
 //! of publications, entry id `<offset>-0`, field `d` = envelope), `<prefix>{room}.p`
-//! (presence: client id -> info) and `<prefix>{room}.pe` (presence expiry, a sorted
-//! set). The room's channel is `<prefix>{room}`.
+//! (presence: client id -> info), `<prefix>{room}.pe` (presence expiry, a sorted
+//! set), `<prefix>{room}.pu` (presence: user -> entries) and `<prefix>{room}.i.<id>`
+//! (a publication's result, kept briefly so that a retried publish is not applied
+//! twice). The room's channel is `<prefix>{room}`. Every key has a TTL; a position
+//! made by a read (no publication yet) has a short one.
 //!
 //! Publishing with history is one script on the room's slot: increment the offset,
 //! create the epoch when absent, append to the stream (bounded length, TTL), publish
@@ -32,11 +35,12 @@ mod presence;
 mod pubsub;
 mod scripts;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use shared::envelope::{ChannelMessage, Envelope};
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +55,9 @@ use crate::broker::{
     Broker, BrokerError, BrokerHandler, ClientInfo, Control, HistoryOptions, HistoryPage,
     HistoryQuery, NodeInfo, PresenceStats, Publication, StreamPosition,
 };
+
+/// Position keep-alives in flight at once, pipelined on the command connection.
+const KEEP_POSITIONS_CONCURRENCY: usize = 16;
 
 /// The Redis broker. Cloning shares the engine; background tasks stop when the last
 /// clone is dropped.
@@ -199,7 +206,10 @@ impl Broker for RedisBroker {
             c.query::<i64>(&cmd, false).await?;
             return Ok(StreamPosition::default());
         };
-        let keys = c.keys.history_keys(room);
+        // The id makes the script idempotent: a retry after a lost reply (ours,
+        // or the cluster client's own) returns the first run's position.
+        let id = format!("{:016x}", rand::random::<u64>());
+        let keys = c.keys.publish_keys(room, &id);
         let args = args![
             c.keys.channel(room),
             body,
@@ -208,10 +218,9 @@ impl Broker for RedisBroker {
             h.meta_ttl.max(h.ttl).as_secs().max(1),
             new_epoch(),
             publish_cmd,
+            c.retry_window().as_secs().max(1),
         ];
-        // Not idempotent: a second run would publish twice.
-        let (offset, epoch): (u64, String) =
-            c.eval(&c.scripts.publish, &keys, &args, false).await?;
+        let (offset, epoch): (u64, String) = c.eval(&c.scripts.publish, &keys, &args, true).await?;
         Ok(StreamPosition { offset, epoch })
     }
 
@@ -234,6 +243,34 @@ impl Broker for RedisBroker {
             .await
     }
 
+    async fn keep_positions(&self, rooms: &[(String, Duration)]) -> Result<(), BrokerError> {
+        let cmds: Vec<redis::Cmd> = rooms
+            .iter()
+            .map(|(room, ttl)| {
+                // GT: never shortens a longer expiry; a missing key stays missing.
+                let mut cmd = redis::cmd("EXPIRE");
+                cmd.arg(&self.commands.keys.history_keys(room)[0])
+                    .arg(ttl.as_secs().max(1))
+                    .arg("GT");
+                cmd
+            })
+            .collect();
+        let c = self.commands.clone();
+        let failed = futures_util::stream::iter(cmds)
+            .map(move |cmd| {
+                let c = c.clone();
+                async move { c.query::<i64>(&cmd, true).await.err() }
+            })
+            .buffer_unordered(KEEP_POSITIONS_CONCURRENCY)
+            .filter_map(|e| async move { e })
+            .collect::<Vec<_>>()
+            .await;
+        match failed.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     async fn remove_history(&self, room: &str) -> Result<(), BrokerError> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.commands.keys.stream_key(room));
@@ -244,8 +281,8 @@ impl Broker for RedisBroker {
         self.presence.add_entry(room, info).await
     }
 
-    async fn presence_remove(&self, room: &str, client: &str) -> Result<(), BrokerError> {
-        self.presence.remove_entry(room, client).await
+    async fn presence_remove(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        self.presence.remove_entry(room, info).await
     }
 
     async fn presence(&self, room: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
@@ -253,12 +290,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_stats(&self, room: &str) -> Result<PresenceStats, BrokerError> {
-        let members = self.presence(room).await?;
-        let users: HashSet<&str> = members.values().map(|i| i.user.as_str()).collect();
-        Ok(PresenceStats {
-            num_clients: members.len() as u32,
-            num_users: users.len() as u32,
-        })
+        self.presence.stats(room).await
     }
 
     async fn publish_control(&self, control: &Control) -> Result<(), BrokerError> {

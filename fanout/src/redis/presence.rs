@@ -1,6 +1,7 @@
 //! Presence: entries in Redis that expire unless refreshed, and this node's own
 //! table of the entries it added, which it re-puts periodically (in batches, several
-//! in flight) so that a crashed node's entries go away by themselves.
+//! in flight) so that a crashed node's entries go away by themselves. A per-user
+//! count beside the entries makes `presence_stats` two counts, not a full read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use parking_lot::Mutex;
 use shared::envelope::EnvelopeClientInfo;
 
 use super::command::{args, Commands};
-use crate::broker::{BrokerError, ClientInfo};
+use crate::broker::{BrokerError, ClientInfo, PresenceStats};
 
 /// Entries per refresh call: one script call per room and chunk keeps Redis's
 /// single thread from running one long script for a huge room.
@@ -20,14 +21,23 @@ const PRESENCE_REFRESH_BATCH: usize = 256;
 /// Refresh calls in flight at once, pipelined on the multiplexed connection.
 const PRESENCE_REFRESH_CONCURRENCY: usize = 16;
 
-/// A room's presence entries held by this node: client id and encoded info.
-type PresenceEntries = Vec<(String, Vec<u8>)>;
+/// This node's entries of one room: client id -> (user, encoded info).
+type RoomEntries = HashMap<String, (String, Vec<u8>)>;
+
+/// One presence entry as Redis holds it: client id, user, encoded info.
+#[derive(Clone)]
+struct Entry {
+    client: String,
+    user: String,
+    info: Vec<u8>,
+}
 
 pub(super) struct Presence {
     commands: Arc<Commands>,
     ttl: Duration,
-    /// Presence entries this node added, refreshed periodically: room -> client -> info.
-    local: Mutex<HashMap<String, HashMap<String, Vec<u8>>>>,
+    /// Presence entries this node added, refreshed periodically:
+    /// room -> client -> (user, info).
+    local: Mutex<HashMap<String, RoomEntries>>,
 }
 
 impl Presence {
@@ -41,15 +51,22 @@ impl Presence {
 
     /// Record that `info.client` is in `room`, and keep refreshing it.
     pub(super) async fn add_entry(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {
-        let bytes = rmp_encode_info(info)?;
+        let entry = Entry {
+            client: info.client.clone(),
+            user: info.user.clone(),
+            info: rmp_encode_info(info)?,
+        };
         // Recorded here first, so that a refresh running meanwhile does not take
         // the entry for a removed one and delete it again.
         self.local
             .lock()
             .entry(room.to_owned())
             .or_default()
-            .insert(info.client.clone(), bytes.clone());
-        let res = self.put(room, &[(info.client.clone(), bytes)]).await;
+            .insert(
+                entry.client.clone(),
+                (entry.user.clone(), entry.info.clone()),
+            );
+        let res = self.put(room, std::slice::from_ref(&entry)).await;
         if res.is_err() {
             self.forget_local(room, &info.client);
         }
@@ -57,9 +74,25 @@ impl Presence {
     }
 
     /// Remove one entry, and stop refreshing it.
-    pub(super) async fn remove_entry(&self, room: &str, client: &str) -> Result<(), BrokerError> {
-        self.forget_local(room, client);
-        self.delete(room, client).await
+    pub(super) async fn remove_entry(
+        &self,
+        room: &str,
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
+        self.forget_local(room, &info.client);
+        self.delete(room, &info.client, &info.user).await
+    }
+
+    /// The room's live entries and distinct users, counted in Redis.
+    pub(super) async fn stats(&self, room: &str) -> Result<PresenceStats, BrokerError> {
+        let c = &self.commands;
+        let keys = c.keys.presence_keys(room);
+        let (clients, users): (u64, u64) =
+            c.eval(&c.scripts.presence_stats, &keys, &[], true).await?;
+        Ok(PresenceStats {
+            num_clients: u32::try_from(clients).unwrap_or(u32::MAX),
+            num_users: u32::try_from(users).unwrap_or(u32::MAX),
+        })
     }
 
     /// Every live entry of `room`, by client id.
@@ -88,14 +121,18 @@ impl Presence {
     /// one after another, took a round trip each: at 1 ms per round trip a node with
     /// 20,000 members needed the whole refresh interval, and entries began to expire.
     pub(super) async fn refresh_entries(&self) {
-        let batches: Vec<(String, PresenceEntries)> = {
+        let batches: Vec<(String, Vec<Entry>)> = {
             let presence = self.local.lock();
             presence
                 .iter()
                 .flat_map(|(room, members)| {
-                    let entries: PresenceEntries = members
+                    let entries: Vec<Entry> = members
                         .iter()
-                        .map(|(c, i)| (c.clone(), i.clone()))
+                        .map(|(c, (u, i))| Entry {
+                            client: c.clone(),
+                            user: u.clone(),
+                            info: i.clone(),
+                        })
                         .collect();
                     entries
                         .chunks(PRESENCE_REFRESH_BATCH)
@@ -123,32 +160,32 @@ impl Presence {
 
     /// A member who left while its entry was being refreshed may have been put back
     /// after its removal reached Redis: remove it again.
-    async fn forget_removed(&self, room: &str, refreshed: &[(String, Vec<u8>)]) {
-        let gone: Vec<&str> = {
+    async fn forget_removed(&self, room: &str, refreshed: &[Entry]) {
+        let gone: Vec<&Entry> = {
             let presence = self.local.lock();
             let members = presence.get(room);
             refreshed
                 .iter()
-                .filter(|(c, _)| !members.is_some_and(|m| m.contains_key(c)))
-                .map(|(c, _)| c.as_str())
+                .filter(|e| !members.is_some_and(|m| m.contains_key(&e.client)))
                 .collect()
         };
-        for client in gone {
-            if let Err(e) = self.delete(room, client).await {
+        for e in gone {
+            if let Err(e) = self.delete(room, &e.client, &e.user).await {
                 tracing::debug!(%room, error = %e, "presence removal after refresh failed");
             }
         }
     }
 
-    /// Put presence entries (client id, encoded info) of one room.
-    async fn put(&self, room: &str, entries: &[(String, Vec<u8>)]) -> Result<(), BrokerError> {
+    /// Put presence entries of one room.
+    async fn put(&self, room: &str, entries: &[Entry]) -> Result<(), BrokerError> {
         let c = &self.commands;
         let keys = c.keys.presence_keys(room);
-        let mut args = Vec::with_capacity(1 + 2 * entries.len());
+        let mut args = Vec::with_capacity(1 + 3 * entries.len());
         args.push(self.ttl.as_secs().max(1).to_string().into_bytes());
-        for (client, info) in entries {
-            args.push(client.as_bytes().to_vec());
-            args.push(info.clone());
+        for e in entries {
+            args.push(e.client.as_bytes().to_vec());
+            args.push(e.user.as_bytes().to_vec());
+            args.push(e.info.clone());
         }
         c.eval::<i64>(&c.scripts.presence_add, &keys, &args, true)
             .await
@@ -167,12 +204,17 @@ impl Presence {
     }
 
     /// Remove one presence entry from Redis.
-    async fn delete(&self, room: &str, client: &str) -> Result<(), BrokerError> {
+    async fn delete(&self, room: &str, client: &str, user: &str) -> Result<(), BrokerError> {
         let c = &self.commands;
         let keys = c.keys.presence_keys(room);
-        c.eval::<i64>(&c.scripts.presence_remove, &keys, &args![client], true)
-            .await
-            .map(|_| ())
+        c.eval::<i64>(
+            &c.scripts.presence_remove,
+            &keys,
+            &args![client, user],
+            true,
+        )
+        .await
+        .map(|_| ())
     }
 }
 

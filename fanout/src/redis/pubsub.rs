@@ -188,10 +188,10 @@ impl Subscriptions {
         rooms.iter().map(|r| self.keys.channel(r)).collect()
     }
 
-    /// Ask the workers to read what `rooms` may have missed.
-    async fn resync_all(&self, rooms: Vec<Arc<str>>) {
+    /// Ask the workers to read what `rooms` may have missed (without waiting).
+    fn resync_all(&self, rooms: Vec<Arc<str>>) {
         for r in rooms {
-            self.delivery.request_resync(r).await;
+            self.delivery.request_resync(r);
         }
     }
 }
@@ -209,8 +209,23 @@ async fn drain_changes(first: Arc<str>, rx: &mut mpsc::Receiver<Arc<str>>) -> Ha
     changed
 }
 
+/// How a pub/sub connection's command side ended.
+enum End {
+    /// The engine stopped.
+    Stop,
+    /// The initial subscribe failed: reconnect after a backoff.
+    Failed,
+    /// The connection was lost or stopped answering: reconnect now.
+    Lost,
+}
+
 /// One dedicated pub/sub connection to a standalone Redis: reconnects with backoff,
 /// resubscribes its rooms in batches, probes itself with PING.
+///
+/// Reading and commanding run side by side: the reader only routes messages, never
+/// waiting (a full worker queue marks the room for repair), while SUBSCRIBE,
+/// UNSUBSCRIBE and PING are awaited on the other side. So messages never pile up
+/// in the connection's unbounded buffer behind a command or a busy worker.
 async fn single_shard_loop(
     subs: Arc<Subscriptions>,
     client: redis::Client,
@@ -239,76 +254,96 @@ async fn single_shard_loop(
             }
         };
         let (mut sink, mut stream) = pubsub.split();
-        let rooms = subs.shard_rooms(index);
-        let mut ok = true;
-        for chunk in rooms.chunks(500) {
-            match tokio::time::timeout(timeout, sink.subscribe(subs.channels(chunk))).await {
-                Ok(Ok(())) => subs.confirm(chunk),
-                _ => {
-                    ok = false;
-                    break;
+        let reader = async {
+            while let Some(m) = stream.next().await {
+                subs.delivery
+                    .route_message(m.get_channel_name(), m.get_payload_bytes());
+            }
+        };
+        let control = shard_commands(&subs, index, &mut sink, &mut rx, first_connect);
+        let end = tokio::select! {
+            () = reader => End::Lost,
+            end = control => end,
+            _ = subs.stop.cancelled() => End::Stop,
+        };
+        let was_connected = shard.connected.swap(false, Ordering::Relaxed);
+        match end {
+            End::Stop => return,
+            End::Failed => {
+                if !backoff(&subs.stop, &mut attempt).await {
+                    return;
                 }
             }
-        }
-        if !ok {
-            if !backoff(&subs.stop, &mut attempt).await {
-                return;
+            End::Lost => {
+                attempt = 0;
+                tracing::warn!(shard = index, "pub/sub connection lost");
             }
-            continue;
         }
-        attempt = 0;
-        shard.connected.store(true, Ordering::Relaxed);
-        if !first_connect {
-            subs.reconnects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                shard = index,
-                rooms = rooms.len(),
-                "pub/sub reconnected; repairing rooms"
-            );
-            subs.resync_all(rooms).await;
+        first_connect &= !was_connected;
+    }
+}
+
+/// The command side of one standalone pub/sub connection: subscribe its rooms,
+/// then follow changes to the wanted rooms and probe, until the connection fails.
+async fn shard_commands(
+    subs: &Subscriptions,
+    index: usize,
+    sink: &mut redis::aio::PubSubSink,
+    rx: &mut mpsc::Receiver<Arc<str>>,
+    first_connect: bool,
+) -> End {
+    let shard = &subs.shards[index];
+    let timeout = subs.timeout;
+    let rooms = subs.shard_rooms(index);
+    for chunk in rooms.chunks(500) {
+        match tokio::time::timeout(timeout, sink.subscribe(subs.channels(chunk))).await {
+            Ok(Ok(())) => subs.confirm(chunk),
+            _ => return End::Failed,
         }
-        first_connect = false;
-        let mut probe = tokio::time::interval(subs.probe_interval);
-        probe.tick().await;
-        loop {
-            tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(m) => subs.delivery.route_message(m.get_channel_name(), m.get_payload_bytes()),
-                    None => break,
-                },
-                r = rx.recv() => {
-                    let Some(first) = r else { return };
-                    let changed = drain_changes(first, &mut rx).await;
-                    let (subscribe, unsubscribe) = subs.wanted(changed);
-                    if !subscribe.is_empty() {
-                        match tokio::time::timeout(timeout, sink.subscribe(subs.channels(&subscribe))).await {
-                            Ok(Ok(())) => {
-                                subs.confirm(&subscribe);
-                                subs.resync_all(subscribe).await;
-                            }
-                            _ => break,
+    }
+    shard.connected.store(true, Ordering::Relaxed);
+    if !first_connect {
+        subs.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            shard = index,
+            rooms = rooms.len(),
+            "pub/sub reconnected; repairing rooms"
+        );
+        subs.resync_all(rooms);
+    }
+    let mut probe = tokio::time::interval(subs.probe_interval);
+    probe.tick().await;
+    loop {
+        tokio::select! {
+            r = rx.recv() => {
+                let Some(first) = r else { return End::Stop };
+                let changed = drain_changes(first, rx).await;
+                let (subscribe, unsubscribe) = subs.wanted(changed);
+                if !subscribe.is_empty() {
+                    match tokio::time::timeout(timeout, sink.subscribe(subs.channels(&subscribe))).await {
+                        Ok(Ok(())) => {
+                            subs.confirm(&subscribe);
+                            subs.resync_all(subscribe);
                         }
-                    }
-                    if !unsubscribe.is_empty() {
-                        let channels = subs.channels(&unsubscribe);
-                        if !matches!(tokio::time::timeout(timeout, sink.unsubscribe(channels)).await, Ok(Ok(()))) {
-                            break;
-                        }
+                        _ => return End::Lost,
                     }
                 }
-                _ = probe.tick() => {
-                    // A pub/sub connection can go silent in a failover without closing.
-                    // (Subscribed, PING answers ["pong", ""]: any reply will do.)
-                    if !matches!(tokio::time::timeout(timeout, sink.ping::<Value>()).await, Ok(Ok(_))) {
-                        tracing::warn!(shard = index, "pub/sub probe failed; reconnecting");
-                        break;
+                if !unsubscribe.is_empty() {
+                    let channels = subs.channels(&unsubscribe);
+                    if !matches!(tokio::time::timeout(timeout, sink.unsubscribe(channels)).await, Ok(Ok(()))) {
+                        return End::Lost;
                     }
                 }
-                _ = subs.stop.cancelled() => return,
+            }
+            _ = probe.tick() => {
+                // A pub/sub connection can go silent in a failover without closing.
+                // (Subscribed, PING answers ["pong", ""]: any reply will do.)
+                if !matches!(tokio::time::timeout(timeout, sink.ping::<Value>()).await, Ok(Ok(_))) {
+                    tracing::warn!(shard = index, "pub/sub probe failed; reconnecting");
+                    return End::Lost;
+                }
             }
         }
-        shard.connected.store(false, Ordering::Relaxed);
-        tracing::warn!(shard = index, "pub/sub connection lost");
     }
 }
 
@@ -393,7 +428,7 @@ async fn cluster_shard_loop(
                     }
                 }
                 subs.confirm(&done);
-                subs.resync_all(done).await;
+                subs.resync_all(done);
                 for room in unsubscribe {
                     let mut c = con.clone();
                     let _ = tokio::time::timeout(timeout, c.sunsubscribe(subs.keys.channel(&room))).await;
@@ -410,7 +445,7 @@ async fn cluster_shard_loop(
                     // The connection resubscribed by itself; fetch what was missed.
                     let rooms = subs.shard_rooms(index);
                     tracing::info!(shard = index, rooms = rooms.len(), "cluster pub/sub reconnected; repairing rooms");
-                    subs.resync_all(rooms).await;
+                    subs.resync_all(rooms);
                 }
             }
             _ = subs.stop.cancelled() => return,

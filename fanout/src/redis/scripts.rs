@@ -7,22 +7,30 @@ use redis::Script;
 pub(super) type HistoryReply = (u64, String, Vec<String>, Vec<Vec<u8>>);
 
 pub(super) struct Scripts {
-    /// KEYS: meta hash, stream. ARGV: 1 channel, 2 envelope, 3 stream length,
-    /// 4 stream TTL, 5 meta TTL, 6 new epoch, 7 `publish` or `spublish`.
+    /// KEYS: meta hash, stream, this publish's result key. ARGV: 1 channel,
+    /// 2 envelope, 3 stream length, 4 stream TTL, 5 meta TTL, 6 new epoch,
+    /// 7 `publish` or `spublish`, 8 result TTL.
     /// Increments the offset, creates the epoch when absent, appends to the stream
-    /// and publishes `<offset>:<epoch>:<envelope>`; returns `{offset, epoch}`.
+    /// and publishes `<offset>:<epoch>:<envelope>`; returns `{offset, epoch}` and
+    /// keeps it under the result key, which a retry of the same publish returns
+    /// instead of running again.
     pub(super) publish: Script,
     /// KEYS: meta hash, stream.
     /// ARGV: 1 new epoch ("" = do not create), 2 meta ttl, 3 since offset, 4 since epoch,
     /// 5 count (-1 all, 0 none), 6 reverse (1/0), 7 since given (1/0).
     pub(super) history: Script,
-    /// Put presence entries of one room: ARGV[1] is the TTL in seconds, then client id
-    /// and info pairs. Used for one new entry and for a node's periodic refresh.
+    /// The presence scripts take KEYS: entries, expiries, user counts.
+    /// Put presence entries of one room: ARGV[1] is the TTL in seconds, then client
+    /// id, user and info triples. Used for one new entry and for a node's periodic
+    /// refresh; only a new entry counts for its user.
     pub(super) presence_add: Script,
-    /// Remove one presence entry: ARGV[1] is the client id.
+    /// Remove one presence entry: ARGV 1 client id, 2 user.
     pub(super) presence_remove: Script,
     /// Drop expired presence entries and return the rest (client id, info pairs).
     pub(super) presence_get: Script,
+    /// Drop expired presence entries and return `{clients, users}`: two counts,
+    /// not a read of every entry.
+    pub(super) presence_stats: Script,
 }
 
 impl Scripts {
@@ -32,7 +40,14 @@ impl Scripts {
             history: Script::new(include_str!("lua/history.lua")),
             presence_add: Script::new(include_str!("lua/presence_add.lua")),
             presence_remove: Script::new(include_str!("lua/presence_remove.lua")),
-            presence_get: Script::new(include_str!("lua/presence_get.lua")),
+            presence_get: Script::new(concat!(
+                include_str!("lua/presence_purge.lua"),
+                include_str!("lua/presence_get.lua")
+            )),
+            presence_stats: Script::new(concat!(
+                include_str!("lua/presence_purge.lua"),
+                include_str!("lua/presence_stats.lua")
+            )),
         }
     }
 }

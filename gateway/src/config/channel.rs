@@ -68,6 +68,14 @@ impl Default for ChannelOptions {
 }
 
 impl ChannelOptions {
+    /// How long a stream position made by a read (a subscribe or history call on a
+    /// room nobody has published to) lives: the history TTL, not
+    /// `history_meta_ttl`, so reads of made-up names leave nothing lasting in the
+    /// broker. Nodes keep the positions of rooms they have subscribers in.
+    pub(crate) fn read_position_ttl(&self) -> Duration {
+        self.history_ttl
+    }
+
     pub fn history(&self) -> Option<fanout::HistoryOptions> {
         (self.history_size > 0 && !self.history_ttl.is_zero()).then_some(fanout::HistoryOptions {
             size: self.history_size,

@@ -58,6 +58,13 @@ pub struct ClientConfig {
     /// Connections this node accepts; more get HTTP 503 so the client retries
     /// (another node, after backoff). Default 500000.
     pub max_connections: usize,
+    /// Connections one user (not anonymous) may hold on this node; a `connect`
+    /// beyond gets error 106. 0 is unlimited. Default 0.
+    pub max_connections_per_user: usize,
+    /// Subscription tokens that fail verification (bad signature, wrong key,
+    /// malformed) one connection may present before it is closed with 3509; 0
+    /// never closes. Expired tokens do not count. Default 5.
+    pub max_invalid_sub_tokens: u32,
     /// Allowed `Origin` values (`*` for any). Requests without Origin, and requests
     /// whose Origin host equals the Host header, are always accepted. Default empty.
     pub allowed_origins: Vec<String>,
@@ -90,6 +97,8 @@ impl Default for ClientConfig {
             command_burst: 200,
             max_commands_per_frame: 100,
             max_connections: 500_000,
+            max_connections_per_user: 0,
+            max_invalid_sub_tokens: 5,
             allowed_origins: Vec::new(),
             allow_anonymous_connect_without_token: false,
             history_max_publication_limit: 300,

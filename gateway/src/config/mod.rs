@@ -352,6 +352,17 @@ impl Config {
         Ok((name, opts))
     }
 
+    /// How often a node extends the read-made positions of rooms it has
+    /// subscribers in: a third of the shortest history TTL (at least 500 ms);
+    /// `None` when no namespace keeps history.
+    pub(crate) fn position_keepalive_interval(&self) -> Option<Duration> {
+        std::iter::once(&self.channel)
+            .chain(self.namespaces.values())
+            .filter_map(|o| o.history().map(|h| h.ttl))
+            .min()
+            .map(|ttl| (ttl / 3).max(Duration::from_millis(500)))
+    }
+
     /// The options of `namespace` (`None`: top level); `None` for an unknown one.
     pub fn channel_options(&self, namespace: Option<&str>) -> Option<&ChannelOptions> {
         match namespace {

@@ -154,6 +154,18 @@ impl Conn {
             };
             s.expires = creds.expire_at.map(|t| due_at(t, now_unix, grace));
         }
+        // The user's slot is taken before any room is joined, so a user over the
+        // limit leaves no presence behind.
+        if !creds.user.is_empty()
+            && !self.node.hub.add_user(
+                &creds.user,
+                &self.client,
+                self.out.clone(),
+                cfg.max_connections_per_user,
+            )
+        {
+            return Err(ERROR_LIMIT_EXCEEDED.into());
+        }
         let mut joined = Vec::with_capacity(resolved.len());
         for (ch, grant, opts) in resolved {
             match self
@@ -164,6 +176,9 @@ impl Conn {
                 Err(f) => {
                     for j in joined {
                         self.drop_subscription(&j.entry, false).await;
+                    }
+                    if !creds.user.is_empty() {
+                        self.node.hub.remove_user(&creds.user, &self.out);
                     }
                     return Err(f);
                 }
@@ -188,11 +203,6 @@ impl Conn {
             result
                 .subs
                 .insert(j.entry.channel.to_string(), std::mem::take(&mut j.result));
-        }
-        if !creds.user.is_empty() {
-            self.node
-                .hub
-                .add_user(&creds.user, &self.client, self.out.clone());
         }
         {
             let mut s = self.session.lock();

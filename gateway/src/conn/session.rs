@@ -170,6 +170,8 @@ pub(crate) struct Session {
     pub(crate) publish_bucket: TokenBucket,
     /// Every command with an id (`client.command_rate_per_sec`).
     pub(crate) command_bucket: TokenBucket,
+    /// Subscription tokens that failed verification (`client.max_invalid_sub_tokens`).
+    pub(crate) invalid_sub_tokens: u32,
     /// Cached earliest timer; recomputed when due or when `timers_dirty`.
     pub(crate) next_timer: Instant,
     pub(crate) timers_dirty: bool,
@@ -205,6 +207,7 @@ impl Conn {
             pong_deadline: None,
             publish_bucket: TokenBucket::full(cfg.publish_burst, now),
             command_bucket: TokenBucket::full(cfg.command_burst, now),
+            invalid_sub_tokens: 0,
             next_timer: now,
             timers_dirty: true,
         };

@@ -198,8 +198,9 @@ impl Conn {
         allowed(decision)
     }
 
-    /// Check a subscription token for `channel`. Invalid: 103; for another user,
-    /// channel or connection: close 3500; expired: 109.
+    /// Check a subscription token for `channel`. Invalid: 103, and close 3509 at the
+    /// `client.max_invalid_sub_tokens`-th (each costs a signature check); for another
+    /// user, channel or connection: close 3500; expired: 109.
     fn verify_sub_token(
         &self,
         token: &str,
@@ -209,7 +210,15 @@ impl Conn {
         let t = match self.node.verifier.verify_subscribe(token) {
             Ok(t) => t,
             Err(TokenError::Expired) => return Err(ERROR_TOKEN_EXPIRED.into()),
-            Err(TokenError::Invalid(_)) => return Err(ERROR_PERMISSION_DENIED.into()),
+            Err(TokenError::Invalid(_)) => {
+                let limit = self.node.config.client.max_invalid_sub_tokens;
+                let mut s = self.session.lock();
+                s.invalid_sub_tokens = s.invalid_sub_tokens.saturating_add(1);
+                if limit > 0 && s.invalid_sub_tokens >= limit {
+                    return Err(DISCONNECT_TOO_MANY_ERRORS.into());
+                }
+                return Err(ERROR_PERMISSION_DENIED.into());
+            }
         };
         if t.user != user
             || t.channel != channel
@@ -327,7 +336,7 @@ impl Conn {
         }
         result.positioned = true;
         result.recoverable = recoverable;
-        let meta_ttl = opts.history_meta_ttl;
+        let meta_ttl = opts.read_position_ttl();
         if recoverable && p.recover {
             result.was_recovering = true;
             let limit = self.node.config.client.recovery_max_publication_limit;
@@ -428,7 +437,7 @@ impl Conn {
         let channel = &sub.entry.channel;
         let broker = &self.node.broker;
         if sub.presence {
-            if let Err(e) = broker.presence_remove(channel, &self.client).await {
+            if let Err(e) = broker.presence_remove(channel, &sub.info).await {
                 tracing::warn!(%channel, error = %e, "presence remove failed");
             }
         }

@@ -2,6 +2,8 @@
 
 use serde_json::json;
 
+use shared::auth::{mint_hs256, MintClaims};
+
 use crate::support::*;
 
 #[tokio::test]
@@ -358,4 +360,108 @@ async fn publications_over_max_publication_bytes_are_107() {
         json!(1),
         "only the small one was kept: {p}"
     );
+}
+
+/// Every budgeted command kind runs out the same way: 111, temporary.
+#[tokio::test]
+async fn each_command_kind_is_budgeted() {
+    let gw = TestGateway::with(|c| {
+        c.client.command_rate_per_sec = 1;
+        c.client.command_burst = 3;
+    })
+    .await;
+    type Body = fn(u32) -> serde_json::Value;
+    let kinds: [(&str, Body); 6] = [
+        ("presence", |_| json!({"channel": "room"})),
+        ("presence_stats", |_| json!({"channel": "room"})),
+        ("history", |_| json!({"channel": "room", "limit": 1})),
+        ("subscribe", |i| json!({"channel": format!("churn{i}")})),
+        ("unsubscribe", |i| json!({"channel": format!("gone{i}")})),
+        ("rpc", |_| json!({"method": "m", "data": {}})),
+    ];
+    for (kind, body) in kinds {
+        let mut c = gw.client("1").await;
+        let lines: Vec<String> = (0..8u32)
+            .map(|i| json!({"id": 100 + i, kind: body(i)}).to_string())
+            .collect();
+        c.send_text(&lines.join("\n")).await;
+        let mut limited = 0;
+        for i in 0..8u32 {
+            let r = c.reply(100 + i).await;
+            if r["error"]["code"] == json!(111) {
+                assert_eq!(r["error"]["temporary"], json!(true), "{kind}: {r}");
+                limited += 1;
+            }
+        }
+        assert!(
+            limited >= 4,
+            "{kind}: only {limited} of 8 over a burst of 3"
+        );
+    }
+}
+
+/// A connection that keeps presenting subscription tokens that fail verification
+/// is closed with 3509 at `client.max_invalid_sub_tokens`; expired tokens (which
+/// an SDK refreshes) do not count.
+#[tokio::test]
+async fn repeated_invalid_subscription_tokens_close_3509() {
+    let gw = TestGateway::with(|c| c.client.max_invalid_sub_tokens = 3).await;
+    let mut c = gw.client("1").await;
+    let expired = mint(MintClaims {
+        sub: "1".into(),
+        channel: Some("room".into()),
+        exp: Some(1),
+        ..Default::default()
+    });
+    for _ in 0..3 {
+        let e = c
+            .call_err("subscribe", json!({"channel": "room", "token": expired}))
+            .await;
+        assert_eq!(e["code"], json!(109), "{e}");
+    }
+    let forged = mint_hs256(
+        "not-the-secret",
+        &MintClaims {
+            sub: "1".into(),
+            channel: Some("room".into()),
+            ..Default::default()
+        },
+    );
+    for _ in 0..2 {
+        let e = c
+            .call_err("subscribe", json!({"channel": "room", "token": forged}))
+            .await;
+        assert_eq!(e["code"], json!(103), "{e}");
+    }
+    let (code, _) = c
+        .send_and_close("subscribe", json!({"channel": "room", "token": "x.y.z"}))
+        .await;
+    assert_eq!(code, 3509);
+    // Other clients are unaffected.
+    let mut other = gw.client("2").await;
+    other.subscribe("room").await;
+}
+
+/// `client.max_connections_per_user` bounds one user's connections on a node
+/// (error 106 to the connect beyond it); a slot frees when a connection ends.
+#[tokio::test]
+async fn connections_beyond_max_connections_per_user_are_106() {
+    let gw = TestGateway::with(|c| c.client.max_connections_per_user = 2).await;
+    let a = gw.client("1").await;
+    let _b = gw.client("1").await;
+    let mut c = Client::open(gw.addr).await;
+    let e = c.connect(&token("1")).await;
+    assert_eq!(
+        e["error"],
+        json!({"code": 106, "message": "limit exceeded"}),
+        "{e}"
+    );
+    // Another user is not limited by user 1's connections.
+    let _d = gw.client("2").await;
+    drop(a);
+    let node = gw.node.clone();
+    eventually("user 1's slot freed", || node.hub.num_users() == 2).await;
+    let mut e = Client::open(gw.addr).await;
+    let r = e.connect(&token("1")).await;
+    assert!(r.get("connect").is_some(), "{r}");
 }

@@ -13,5 +13,6 @@ mod proxy;
 mod python;
 mod readme;
 mod recovery;
+mod redis_memory;
 mod sdk;
 mod support;
