@@ -20,7 +20,10 @@
 mod api;
 pub mod config;
 mod conn;
-mod frame;
+// Public only for the fuzz targets (fuzz/fuzz_targets/frame_reader.rs); not part of
+// the gateway's API.
+#[doc(hidden)]
+pub mod frame;
 mod hub;
 mod metrics;
 mod node;
