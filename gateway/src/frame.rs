@@ -39,7 +39,7 @@ pub enum ReadError {
     /// A framing violation (close 1002).
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
-    /// A text message that is not UTF-8 (close 1007).
+    /// A text message, or a close reason, that is not UTF-8 (close 1007).
     #[error("text message is not UTF-8")]
     InvalidUtf8,
 }
@@ -172,15 +172,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     }
                     self.partial = Some((opcode == 0x1, payload));
                 }
-                0x8 => {
-                    return match payload.len() {
-                        0 => Ok(Message::Close(None)),
-                        1 => Err(ReadError::Protocol("close frame of one byte")),
-                        _ => Ok(Message::Close(Some(u16::from_be_bytes([
-                            payload[0], payload[1],
-                        ])))),
-                    };
-                }
+                0x8 => return close_frame(&payload),
                 0x9 => return Ok(Message::Ping(payload.freeze())),
                 0xA => {}
                 _ => return Err(ReadError::Protocol("unknown opcode")),
@@ -197,6 +189,27 @@ fn finish(text: bool, payload: BytesMut) -> Result<Message, ReadError> {
         return Err(ReadError::InvalidUtf8);
     }
     Ok(Message::Text(payload.freeze()))
+}
+
+/// A close frame's body (RFC 6455 §5.5.1, §7.4): empty, or a status code a peer may
+/// send followed by a UTF-8 reason.
+fn close_frame(payload: &[u8]) -> Result<Message, ReadError> {
+    let (code, reason) = match payload {
+        [] => return Ok(Message::Close(None)),
+        [_] => return Err(ReadError::Protocol("close frame of one byte")),
+        [a, b, reason @ ..] => (u16::from_be_bytes([*a, *b]), reason),
+    };
+    // 1004-1006 and 1015 are reserved for reporting, never sent; 1000-2999
+    // beyond the registered ones are unassigned; 3000-4999 are for
+    // applications and libraries.
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !sendable {
+        return Err(ReadError::Protocol("close code a peer may not send"));
+    }
+    if std::str::from_utf8(reason).is_err() {
+        return Err(ReadError::InvalidUtf8);
+    }
+    Ok(Message::Close(Some(code)))
 }
 
 #[cfg(test)]
@@ -317,6 +330,31 @@ mod tests {
         let mut rsv = frame(true, 1, b"x");
         rsv[0] |= 0x40;
         assert!(err(read_all(rsv, 10).await).contains("reserved"));
+    }
+
+    /// Close codes a peer may not send are framing errors (1002); a reason that
+    /// is not UTF-8 is 1007 (RFC 6455 §7.4.1, §8.1).
+    #[tokio::test]
+    async fn close_frames_are_checked() {
+        let close = |code: u16, reason: &[u8]| {
+            let mut body = code.to_be_bytes().to_vec();
+            body.extend_from_slice(reason);
+            frame(true, 8, &body)
+        };
+        for code in [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
+            let got = read_all(close(code, b"bye"), 10).await;
+            assert_eq!(got, vec![Ok(Message::Close(Some(code)))], "{code}");
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            let got = read_all(close(code, b""), 10).await;
+            assert_eq!(
+                got,
+                vec![Err("protocol violation: close code a peer may not send".into())],
+                "{code}"
+            );
+        }
+        let got = read_all(close(1000, &[0xce, 0xba, 0xe1]), 10).await;
+        assert_eq!(got, vec![Err("text message is not UTF-8".into())]);
     }
 
     /// Random and mutated bytes end in a message, an error or EOF: never a panic,
