@@ -349,7 +349,9 @@ mod tests {
             let got = read_all(close(code, b""), 10).await;
             assert_eq!(
                 got,
-                vec![Err("protocol violation: close code a peer may not send".into())],
+                vec![Err(
+                    "protocol violation: close code a peer may not send".into()
+                )],
                 "{code}"
             );
         }

@@ -68,6 +68,27 @@ impl ConnectionLike for CmdConn {
     }
 }
 
+/// Invoke `script` on `cmd` with `keys`, `args` and `extra` as a last argument.
+async fn invoke<T: redis::FromRedisValue>(
+    script: &Script,
+    keys: &[String],
+    args: &[Vec<u8>],
+    extra: Option<&[u8]>,
+    mut cmd: CmdConn,
+) -> Result<T, redis::RedisError> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    for a in args {
+        inv.arg(a.as_slice());
+    }
+    if let Some(x) = extra {
+        inv.arg(x);
+    }
+    inv.invoke_async(&mut cmd).await
+}
+
 /// Whether a failed command may be run again.
 fn retryable(e: &redis::RedisError, idempotent: bool) -> bool {
     let never_sent = e.is_connection_refusal()
@@ -198,12 +219,6 @@ impl Commands {
         }
     }
 
-    /// How long a retried command may come after its first run: a publish's result
-    /// is kept this long for its retry to find.
-    pub(super) fn retry_window(&self) -> Duration {
-        (self.timeout * 4).max(Duration::from_secs(10))
-    }
-
     /// Whether Redis answered the last command or probe.
     pub(super) fn is_healthy(&self) -> bool {
         self.ok.load(Ordering::Relaxed)
@@ -216,15 +231,16 @@ impl Commands {
     /// Run a command, once more on a fresh connection if the first attempt failed
     /// on a dropped connection (the first command after a Redis restart does) and a
     /// second run is harmless: `idempotent`, or the command cannot have been sent.
+    /// `f` is told whether it is the retry.
     async fn with_retry<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T, BrokerError>
     where
-        F: Fn(CmdConn) -> Fut,
+        F: Fn(CmdConn, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
-        match f(self.conn()).await {
+        match f(self.conn(), false).await {
             Err(e) if retryable(&e, idempotent) => {
                 tracing::debug!(error = %e, "redis command failed on a dropped connection; retrying once");
-                let r = f(self.conn()).await;
+                let r = f(self.conn(), true).await;
                 self.record_health(r)
             }
             r => self.record_health(r),
@@ -239,15 +255,21 @@ impl Commands {
         args: &[Vec<u8>],
         idempotent: bool,
     ) -> Result<T, BrokerError> {
-        self.with_retry(idempotent, |mut cmd| async move {
-            let mut inv = script.prepare_invoke();
-            for k in keys {
-                inv.key(k);
-            }
-            for a in args {
-                inv.arg(a.as_slice());
-            }
-            inv.invoke_async(&mut cmd).await
+        self.with_retry(idempotent, |cmd, _| invoke(script, keys, args, None, cmd))
+            .await
+    }
+
+    /// As [`Commands::eval`] for a script that makes its own retry harmless: it is
+    /// retried, with `1` after `args` on the retry and `0` on the first run.
+    pub(super) async fn eval_marking_retry<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> Result<T, BrokerError> {
+        self.with_retry(true, |cmd, retry| {
+            let mark: &[u8] = if retry { b"1" } else { b"0" };
+            invoke(script, keys, args, Some(mark), cmd)
         })
         .await
     }
@@ -258,7 +280,7 @@ impl Commands {
         c: &Cmd,
         idempotent: bool,
     ) -> Result<T, BrokerError> {
-        self.with_retry(idempotent, |mut cmd| async move {
+        self.with_retry(idempotent, |mut cmd, _| async move {
             c.query_async(&mut cmd).await
         })
         .await

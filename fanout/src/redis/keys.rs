@@ -50,13 +50,6 @@ impl Keys {
         [self.key(room, "m"), self.stream_key(room)]
     }
 
-    /// The publish script's keys: [`Keys::history_keys`] and `<prefix>{room}.i.<id>`,
-    /// where a publish with that id leaves its result for a retry to find.
-    pub(super) fn publish_keys(&self, room: &str, id: &str) -> [String; 3] {
-        let [meta, stream] = self.history_keys(room);
-        [meta, stream, self.key(room, &format!("i.{id}"))]
-    }
-
     /// The presence scripts' keys: `<prefix>{room}.p` (client id -> info),
     /// `<prefix>{room}.pe` (expiry of `<user>\n<client>`, a sorted set) and
     /// `<prefix>{room}.pu` (user -> its number of entries, so stats are counts).

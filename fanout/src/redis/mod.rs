@@ -3,11 +3,10 @@
 //!
 //! Keys of a room share the hash tag `{room}`, so in a cluster they live in one slot:
 //! `<prefix>{room}.m` (hash: `t` top offset, `e` epoch), `<prefix>{room}.s` (stream
-//! of publications, entry id `<offset>-0`, field `d` = envelope), `<prefix>{room}.p`
+//! of publications, entry id `<offset>-0`, field `d` = envelope, `i` = the publish's
+//! random id, so that a retried publish is not applied twice), `<prefix>{room}.p`
 //! (presence: client id -> info), `<prefix>{room}.pe` (presence expiry, a sorted
-//! set), `<prefix>{room}.pu` (presence: user -> entries) and `<prefix>{room}.i.<id>`
-//! (a publication's result, kept briefly so that a retried publish is not applied
-//! twice). The room's channel is `<prefix>{room}`. Every key has a TTL; a position
+//! set) and `<prefix>{room}.pu` (presence: user -> entries). The room's channel is `<prefix>{room}`. Every key has a TTL; a position
 //! made by a read (no publication yet) has a short one.
 //!
 //! Publishing with history is one script on the room's slot: increment the offset,
@@ -206,10 +205,10 @@ impl Broker for RedisBroker {
             c.query::<i64>(&cmd, false).await?;
             return Ok(StreamPosition::default());
         };
-        // The id makes the script idempotent: a retry after a lost reply (ours,
-        // or the cluster client's own) returns the first run's position.
+        // The id tags the stream entry, so our retry after a lost reply finds the
+        // first run's position instead of publishing twice.
         let id = format!("{:016x}", rand::random::<u64>());
-        let keys = c.keys.publish_keys(room, &id);
+        let keys = c.keys.history_keys(room);
         let args = args![
             c.keys.channel(room),
             body,
@@ -218,9 +217,11 @@ impl Broker for RedisBroker {
             h.meta_ttl.max(h.ttl).as_secs().max(1),
             new_epoch(),
             publish_cmd,
-            c.retry_window().as_secs().max(1),
+            id,
         ];
-        let (offset, epoch): (u64, String) = c.eval(&c.scripts.publish, &keys, &args, true).await?;
+        let (offset, epoch): (u64, String) = c
+            .eval_marking_retry(&c.scripts.publish, &keys, &args)
+            .await?;
         Ok(StreamPosition { offset, epoch })
     }
 

@@ -7,13 +7,13 @@ use redis::Script;
 pub(super) type HistoryReply = (u64, String, Vec<String>, Vec<Vec<u8>>);
 
 pub(super) struct Scripts {
-    /// KEYS: meta hash, stream, this publish's result key. ARGV: 1 channel,
-    /// 2 envelope, 3 stream length, 4 stream TTL, 5 meta TTL, 6 new epoch,
-    /// 7 `publish` or `spublish`, 8 result TTL.
+    /// KEYS: meta hash, stream. ARGV: 1 channel, 2 envelope, 3 stream length,
+    /// 4 stream TTL, 5 meta TTL, 6 new epoch, 7 `publish` or `spublish`, 8 this
+    /// publish's id, 9 `1` on a retry.
     /// Increments the offset, creates the epoch when absent, appends to the stream
-    /// and publishes `<offset>:<epoch>:<envelope>`; returns `{offset, epoch}` and
-    /// keeps it under the result key, which a retry of the same publish returns
-    /// instead of running again.
+    /// (field `d` the envelope, `i` the id) and publishes
+    /// `<offset>:<epoch>:<envelope>`; returns `{offset, epoch}`. A retry whose id is
+    /// in the stream returns that entry's position instead of running again.
     pub(super) publish: Script,
     /// KEYS: meta hash, stream.
     /// ARGV: 1 new epoch ("" = do not create), 2 meta ttl, 3 since offset, 4 since epoch,
