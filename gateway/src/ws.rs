@@ -125,8 +125,13 @@ where
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     // Created once: re-creating it on every wake-up re-registered a waiter per
-    // delivery (2-4% of the gateway's CPU in a fan-out profile).
-    let shutdown = conn.node.shutdown.cancelled();
+    // delivery (2-4% of the gateway's CPU in a fan-out profile). Once the node
+    // drains, the connection waits for its turn before it is closed.
+    let node = &conn.node;
+    let shutdown = async {
+        node.shutdown.cancelled().await;
+        tokio::time::sleep(node.drain_delay()).await;
+    };
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
     loop {

@@ -121,7 +121,16 @@ fn forbidden_in_channel(c: char) -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// On SIGTERM, how long clients get to go before the process exits. Default 25s.
+    /// On SIGTERM, readiness turns false at once and the node keeps accepting
+    /// clients this long, so load balancers stop sending new ones first. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub readiness_delay: Duration,
+    /// Then the listener closes and clients are told 3001 spread evenly over this
+    /// window, so the other nodes take them over gradually. Default 20s.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+    /// From SIGTERM, how long until the process exits even with clients left.
+    /// Must exceed `readiness_delay + drain_window`. Default 30s.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
 }
@@ -129,7 +138,9 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
-            grace_period: Duration::from_secs(25),
+            readiness_delay: Duration::from_secs(5),
+            drain_window: Duration::from_secs(20),
+            grace_period: Duration::from_secs(30),
         }
     }
 }
@@ -325,8 +336,12 @@ impl Config {
             }
             ns.validate(&format!("namespaces.{name}"), &self.proxy)?;
         }
-        if self.shutdown.grace_period.is_zero() {
-            return Err(invalid("shutdown.grace_period", "must be > 0"));
+        let s = &self.shutdown;
+        if s.grace_period <= s.readiness_delay + s.drain_window {
+            return Err(invalid(
+                "shutdown.grace_period",
+                "must exceed shutdown.readiness_delay + shutdown.drain_window",
+            ));
         }
         Ok(())
     }
