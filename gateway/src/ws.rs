@@ -214,7 +214,7 @@ async fn handle_inbound(conn: &Conn, res: Result<Message, ReadError>) -> Inbound
             if !conn.out.is_closing() {
                 if let Err(code) = conn.handle_frame(&payload).await {
                     conn.node.metrics.protocol_errors.inc();
-                    tracing::debug!(client = %conn.client, code = code.code, "closing connection");
+                    tracing::debug!(client = %conn.client, user = %conn.user(), code = code.code, "closing connection");
                     conn.out.close(code);
                 }
             }
@@ -239,7 +239,7 @@ async fn handle_inbound(conn: &Conn, res: Result<Message, ReadError>) -> Inbound
             Inbound::Ended
         }
         Err(e) => {
-            tracing::debug!(client = %conn.client, error = %e, "websocket protocol error");
+            tracing::debug!(client = %conn.client, user = %conn.user(), error = %e, "websocket protocol error");
             conn.node.metrics.protocol_errors.inc();
             conn.out.close(close_code(&e));
             Inbound::Discarding

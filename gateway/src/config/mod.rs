@@ -3,8 +3,9 @@
 //!
 //! Environment names are a public contract: `GATEWAY_LISTEN`,
 //! `GATEWAY_TOKEN_HMAC_SECRET`, `GATEWAY_API_KEY`, `GATEWAY_REDIS_URL`,
-//! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_ALLOWED_ORIGINS` (comma-separated),
-//! `GATEWAY_API_LISTEN`. One file per section.
+//! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_LOG_FORMAT`, `GATEWAY_ALLOWED_ORIGINS`
+//! (comma-separated), `GATEWAY_API_LISTEN`. One file per section; `Debug` (in
+//! `redact`) never shows a secret.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +21,9 @@ mod channel;
 mod client;
 mod error;
 mod http;
+mod log;
 mod proxy;
+mod redact;
 mod redis;
 
 pub use api::ApiConfig;
@@ -29,11 +32,12 @@ pub use client::ClientConfig;
 use error::invalid;
 pub use error::ConfigError;
 pub use http::HttpConfig;
+pub use log::LogFormat;
 pub use proxy::ProxyConfig;
 pub use redis::RedisSection;
 
-/// Everything a gateway node is configured with.
-#[derive(Debug, Clone, Deserialize)]
+/// Everything a gateway node is configured with. `Debug` redacts the secrets.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the HTTP/WebSocket server binds. Default `127.0.0.1:8000`.
@@ -48,6 +52,8 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Tracing filter (`info`, `gateway=debug`, ...). Default `info`.
     pub log: String,
+    /// Log line format: `text` (the default) or `json` (one object per line).
+    pub log_format: String,
     /// Token verification keys.
     pub token: KeyConfig,
     /// Per-connection limits and timers.
@@ -79,6 +85,7 @@ impl Default for Config {
             redis_url: None,
             api_key: None,
             log: "info".into(),
+            log_format: "text".into(),
             token: KeyConfig::default(),
             client: ClientConfig::default(),
             channel: ChannelOptions::default(),
@@ -218,6 +225,9 @@ impl Config {
         if let Some(v) = var("GATEWAY_LOG") {
             self.log = v;
         }
+        if let Some(v) = var("GATEWAY_LOG_FORMAT") {
+            self.log_format = v;
+        }
         if let Some(v) = var("GATEWAY_ALLOWED_ORIGINS") {
             self.client.allowed_origins = v
                 .split(',')
@@ -225,6 +235,11 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
+    }
+
+    /// The configured [`LogFormat`]; an unknown `log_format` is an error naming it.
+    pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        LogFormat::parse(&self.log_format)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -238,6 +253,7 @@ impl Config {
         if self.node_name.is_empty() {
             return Err(invalid("node_name", "must not be empty"));
         }
+        self.log_format()?;
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")

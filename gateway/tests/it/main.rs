@@ -9,6 +9,7 @@ mod drain;
 mod layout;
 mod lifecycle;
 mod limits;
+mod logs;
 mod protocol;
 mod proxy;
 mod python;
