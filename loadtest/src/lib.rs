@@ -18,8 +18,9 @@
 //! - [`soak`]: the soak scenario (members publish, drop their connection and
 //!   recover, for long runs): exactly-once in-order delivery across reconnects.
 //! - [`cluster`]: a throwaway local cluster (redis-server and gateway processes,
-//!   a generated secret and API key, optionally the backend as connect proxy) to
-//!   run a scenario against.
+//!   a generated secret and API key, optionally the backend as connect proxy,
+//!   optionally HAProxy in front, optionally one node drained mid-run) to run a
+//!   scenario against.
 //! - [`backend`]: a stand-in application backend for the gateways' proxies (admits
 //!   every connect, counts the calls).
 //! - [`http`]: a small keep-alive HTTP/1.1 client and server side, for the API

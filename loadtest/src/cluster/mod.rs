@@ -2,29 +2,38 @@
 //! `redis-server` (its own directory, no persistence) and N gateway processes on
 //! free loopback ports, sharing a generated secret, a generated server API key and
 //! a generated config without a publish rate limit; optionally the stand-in
-//! backend as their connect proxy. Torn down after the scenario, on Ctrl-C and on
-//! failure.
+//! backend as their connect proxy; optionally HAProxy in front of them; optionally
+//! one node drained (SIGTERM) during the run. Torn down after the scenario, on
+//! Ctrl-C and on failure.
 //!
 //! - `process`: the child processes and the cluster's directory.
+//! - `binaries`: finding the gateway, redis-server and haproxy binaries.
+//! - `haproxy`: HAProxy's config, start and the wait for every node UP.
+//! - `start`: starting Redis and the nodes, bounded.
+//! - `drain`: the SIGTERM to one node during the run and its exit.
 
+mod binaries;
+mod drain;
+mod haproxy;
 mod process;
+mod start;
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use binaries::{gateway_binary, redis_binary};
+pub use drain::Drained;
 use shared::auth::{mint_hs256, unix_now, MintClaims};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::sys::interrupted;
-use process::{ChildGuard, DirGuard, POLL};
+use process::{say, ChildGuard, DirGuard};
+use start::{start_redis, wait_ready};
 
 /// Options of `loadtest cluster`.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,25 +58,40 @@ pub struct ClusterOptions {
     /// are printed at the end.
     #[arg(long)]
     pub connect_proxy: bool,
+    /// Put HAProxy (`haproxy` from PATH or /usr/sbin) in front of the nodes: an
+    /// HTTP frontend on a free loopback port, round-robin, each node checked with
+    /// `GET /readyz` every second (out after one failure, back after two). The
+    /// scenario's URL is HAProxy's.
+    #[arg(long)]
+    pub haproxy: bool,
+    /// SIGTERM this node (0 is the first) --drain-at after the scenario starts; it
+    /// drains as its `[shutdown]` settings say (--readiness-delay, --drain-window).
+    #[arg(long, value_name = "INDEX")]
+    pub drain_node: Option<u32>,
+    /// When --drain-node is signalled, from the start of the scenario (humantime).
+    /// Default 10s.
+    #[arg(long, hide_default_value = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_at: Duration,
+    /// The nodes' `shutdown.readiness_delay`: after SIGTERM, /readyz answers 503
+    /// while the node still accepts for this long. Default 0s.
+    #[arg(long, hide_default_value = true, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub readiness_delay: Duration,
+    /// The nodes' `shutdown.drain_window`: then clients are closed with 3001 spread
+    /// evenly over this window (0s: all at once). Default 0s.
+    #[arg(long, hide_default_value = true, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
     /// The scenario and its options, after `--`: `-- fanout --rooms 10 --duration
     /// 10s`. The cluster sets --url and --secret.
     #[arg(last = true, required = true, value_name = "SCENARIO")]
     pub scenario: Vec<String>,
 }
 
-/// Bound on Redis answering PING, and separately on every node's `/readyz`
-/// answering 200.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The nodes' `shutdown.grace_period`: the scenario's clients are gone by then.
-const GATEWAY_GRACE: &str = "5s";
-/// Bound on a process exiting after SIGTERM before it is killed (SIGKILL); above
-/// the grace period.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on one readiness probe (connect, request, status line).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Ports tried for Redis: a free port can be taken between the probe and the bind.
-const REDIS_PORT_ATTEMPTS: usize = 3;
-
+/// The nodes' `shutdown.grace_period` beyond their readiness delay and drain
+/// window.
+const GATEWAY_GRACE_EXTRA: Duration = Duration::from_secs(5);
+/// Bound on a process exiting after SIGTERM before it is killed (SIGKILL), beyond
+/// the nodes' grace period.
+const STOP_EXTRA: Duration = Duration::from_secs(5);
 /// What a scenario needs to reach and use a cluster.
 #[derive(Debug, Clone)]
 pub struct Access {
@@ -77,6 +101,8 @@ pub struct Access {
     pub secret: String,
     /// The key of every node's server HTTP API (`X-API-Key`).
     pub api_key: String,
+    /// The nodes' own WebSocket URLs (the same as `urls` without HAProxy).
+    pub nodes: Vec<String>,
 }
 
 /// A running cluster. Dropping it kills every process; [`Cluster::stop`] stops them
@@ -85,14 +111,13 @@ pub struct Cluster {
     pub access: Access,
     /// The connect proxy's stand-in backend, with `--connect-proxy`.
     backend: Option<Backend>,
+    haproxy: Option<ChildGuard>,
     gateways: Vec<ChildGuard>,
+    /// Bound on a node exiting after SIGTERM.
+    stop_timeout: Duration,
     redis: ChildGuard,
     /// Declared last: removed once the processes are gone.
     dir: DirGuard,
-}
-
-fn say(msg: impl std::fmt::Display) {
-    eprintln!("loadtest cluster: {msg}");
 }
 
 /// A random u64 (from the standard library's random hasher keys).
@@ -102,100 +127,11 @@ fn random_u64() -> u64 {
         .finish()
 }
 
-fn is_executable(p: &Path) -> bool {
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// `name` in a directory of PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-/// A binary given by an option: a path, or a bare name looked up on PATH.
-fn given_binary(p: &Path, option: &str) -> anyhow::Result<PathBuf> {
-    let found = match p.to_str() {
-        Some(name) if !name.contains('/') => on_path(name),
-        _ => Some(p.to_owned()).filter(|p| is_executable(p)),
-    };
-    found.ok_or_else(|| anyhow!("{option} {}: no such executable file", p.display()))
-}
-
-/// The gateway binary: `--gateway`, else the one next to this binary, else PATH's.
-fn gateway_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        let p = given_binary(p, "--gateway")?;
-        say(format_args!("gateway {} (--gateway)", p.display()));
-        return Ok(p);
+impl ClusterOptions {
+    /// The nodes' `shutdown.grace_period`.
+    fn grace(&self) -> Duration {
+        self.readiness_delay + self.drain_window + GATEWAY_GRACE_EXTRA
     }
-    let exe = std::env::current_exe().context("cannot tell where this loadtest binary is")?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
-    let beside = dir.join("gateway");
-    if is_executable(&beside) {
-        say(format_args!(
-            "gateway {} (next to loadtest)",
-            beside.display()
-        ));
-        return Ok(beside);
-    }
-    if let Some(p) = on_path("gateway") {
-        say(format_args!(
-            "gateway {} (on PATH; none next to loadtest in {})",
-            p.display(),
-            dir.display()
-        ));
-        return Ok(p);
-    }
-    bail!(
-        "no gateway binary: none next to loadtest in {} and none on PATH; build it with `cargo build --release -p gateway` or pass --gateway PATH",
-        dir.display()
-    )
-}
-
-fn redis_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    match given {
-        Some(p) => given_binary(p, "--redis-server"),
-        None => on_path("redis-server").ok_or_else(|| {
-            anyhow!("redis-server is not on PATH: install it (e.g. `apt-get install redis-server`) or pass --redis-server PATH")
-        }),
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("no free loopback port")?
-        .port())
-}
-
-/// Send `request` to `addr` and whether the answer starts with `expect`; bounded.
-async fn probe(addr: &str, request: &[u8], expect: &[u8]) -> bool {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(request).await?;
-        let mut got = vec![0u8; expect.len()];
-        s.read_exact(&mut got).await?;
-        Ok::<bool, std::io::Error>(got == expect)
-    };
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, exchange).await,
-        Ok(Ok(true))
-    )
-}
-
-/// The address in the node's `clients connect to ws://ADDR/connection/websocket`
-/// log line, once it is there.
-fn logged_url(log: &Path) -> Option<String> {
-    const MARK: &str = "clients connect to ";
-    let text = std::fs::read_to_string(log).ok()?;
-    let rest = &text[text.find(MARK)? + MARK.len()..];
-    let url: String = rest
-        .chars()
-        .take_while(|c| !c.is_whitespace() && !c.is_control())
-        .collect();
-    url.starts_with("ws://").then_some(url)
 }
 
 impl Cluster {
@@ -205,6 +141,13 @@ impl Cluster {
         if opts.nodes == 0 {
             bail!("--nodes must be at least 1");
         }
+        if opts.drain_node.is_some_and(|n| n >= opts.nodes) {
+            bail!("--drain-node is an index from 0 to --nodes - 1");
+        }
+        let haproxy_bin = match opts.haproxy {
+            true => Some(haproxy::binary()?),
+            false => None,
+        };
         let gateway = gateway_binary(opts.gateway.as_deref())?;
         let redis_bin = redis_binary(opts.redis_server.as_deref())?;
         let path = std::env::temp_dir().join(format!(
@@ -222,7 +165,10 @@ impl Cluster {
             false => None,
         };
         let mut toml = format!(
-            "# Written by `loadtest cluster`.\n[client]\npublish_rate_per_sec = 0\n\n[shutdown]\ngrace_period = \"{GATEWAY_GRACE}\"\n"
+            "# Written by `loadtest cluster`.\n[client]\npublish_rate_per_sec = 0\n\n[shutdown]\nreadiness_delay = \"{}\"\ndrain_window = \"{}\"\ngrace_period = \"{}\"\n",
+            humantime::format_duration(opts.readiness_delay),
+            humantime::format_duration(opts.drain_window),
+            humantime::format_duration(opts.grace()),
         );
         if let Some(b) = &backend {
             toml.push_str(&format!(
@@ -265,14 +211,29 @@ impl Cluster {
         for (g, url) in gateways.iter().zip(&urls) {
             say(format_args!("{} ready at {url}", g.name));
         }
+        let (haproxy, front) = match haproxy_bin {
+            Some(bin) => {
+                let h = haproxy::start(&bin, &dir.0, &urls).await?;
+                say(format_args!(
+                    "haproxy {} at {} sees every node UP",
+                    bin.display(),
+                    h.url
+                ));
+                (Some(h.child), vec![h.url])
+            }
+            None => (None, urls.clone()),
+        };
         Ok(Cluster {
             access: Access {
-                urls,
+                urls: front,
                 secret,
                 api_key,
+                nodes: urls,
             },
             backend,
+            haproxy,
             gateways,
+            stop_timeout: opts.grace() + STOP_EXTRA,
             redis,
             dir,
         })
@@ -286,10 +247,14 @@ impl Cluster {
         }
         let mut ended = Vec::new();
         for g in &mut self.gateways {
-            ended.push(g.wait_or_kill(STOP_TIMEOUT).await);
+            ended.push(g.wait_or_kill(self.stop_timeout).await);
+        }
+        if let Some(h) = &mut self.haproxy {
+            h.terminate();
+            ended.push(h.wait_or_kill(STOP_EXTRA).await);
         }
         self.redis.terminate();
-        ended.push(self.redis.wait_or_kill(STOP_TIMEOUT).await);
+        ended.push(self.redis.wait_or_kill(STOP_EXTRA).await);
         say(format_args!("stopped: {}", ended.join(", ")));
         if let Some(b) = self.backend.take() {
             say(format_args!("backend answered: {}", b.stop().await));
@@ -297,91 +262,9 @@ impl Cluster {
     }
 }
 
-/// Start `redis-server` without persistence on a free loopback port and wait,
-/// bounded, until it answers PING.
-async fn start_redis(bin: &Path, dir: &Path) -> anyhow::Result<(ChildGuard, u16)> {
-    let mut last_error = None;
-    for _ in 0..REDIS_PORT_ATTEMPTS {
-        let port = free_port()?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir.join("redis"));
-        let mut redis = ChildGuard::spawn("redis-server".into(), &mut cmd, dir.join("redis.log"))?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = redis.exited() {
-                // Most likely the port was taken meanwhile: try another.
-                last_error = Some(redis.died(status));
-                break;
-            }
-            let addr = format!("127.0.0.1:{port}");
-            if probe(&addr, b"PING\r\n", b"+PONG").await {
-                return Ok((redis, port));
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "redis-server did not answer PING on 127.0.0.1:{port} within {START_TIMEOUT:?}; {}",
-                    redis.log_tail()
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-    Err(last_error.expect("bug: at least one attempt"))
-}
-
-/// Wait, bounded, until every node has logged its URL and answers `/readyz` with
-/// 200; their URLs, in order.
-async fn wait_ready(gateways: &mut [ChildGuard]) -> anyhow::Result<Vec<String>> {
-    let mut urls: Vec<Option<String>> = vec![None; gateways.len()];
-    let mut ready = vec![false; gateways.len()];
-    let deadline = Instant::now() + START_TIMEOUT;
-    while ready.iter().any(|r| !r) {
-        for (i, g) in gateways.iter_mut().enumerate() {
-            if ready[i] {
-                continue;
-            }
-            if let Some(status) = g.exited() {
-                return Err(g.died(status));
-            }
-            if urls[i].is_none() {
-                urls[i] = logged_url(&g.log);
-            }
-            if let Some(url) = &urls[i] {
-                let addr = url
-                    .trim_start_matches("ws://")
-                    .split('/')
-                    .next()
-                    .unwrap_or_default();
-                ready[i] = probe(
-                    addr,
-                    b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-                    b"HTTP/1.1 200",
-                )
-                .await;
-            }
-        }
-        if Instant::now() >= deadline {
-            let late: Vec<String> = gateways
-                .iter()
-                .zip(&ready)
-                .filter(|(_, r)| !**r)
-                .map(|(g, _)| format!("{}: {}", g.name, g.log_tail()))
-                .collect();
-            bail!(
-                "not ready within {START_TIMEOUT:?} (/readyz did not answer 200): {}",
-                late.join("\n")
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    Ok(urls.into_iter().flatten().collect())
-}
-
-/// Start a cluster, run `scenario` against it (given its [`Access`]), and stop the cluster, also when the scenario fails or on Ctrl-C or
-/// SIGTERM. With `--keep`, the cluster stays up after a finished scenario until
+/// Start a cluster, run `scenario` against it (given its [`Access`]) while
+/// draining `--drain-node` if given, and stop the cluster, also when the scenario
+/// fails or on Ctrl-C or SIGTERM. With `--keep`, the cluster stays up after a finished scenario until
 /// Ctrl-C. Returns what the scenario returned.
 pub async fn run<R, F>(
     opts: &ClusterOptions,
@@ -392,16 +275,33 @@ where
 {
     let signal = interrupted();
     tokio::pin!(signal);
-    let cluster = tokio::select! {
+    let mut cluster = tokio::select! {
         c = Cluster::start(opts) => c?,
         _ = &mut signal => bail!("interrupted while the cluster was starting; what had started was killed"),
     };
     say(format_args!(
-        "running the scenario against {} node(s)",
-        cluster.access.urls.len()
+        "running the scenario against {} node(s){}",
+        cluster.access.nodes.len(),
+        if cluster.haproxy.is_some() {
+            " through haproxy"
+        } else {
+            ""
+        }
     ));
+    let access = cluster.access.clone();
+    let bound = cluster.stop_timeout;
+    let draining = async {
+        let start = Instant::now();
+        let node = opts
+            .drain_node
+            .and_then(|n| cluster.gateways.get_mut(n as usize));
+        match node {
+            Some(node) => Some(drain::drain(node, start, opts.drain_at, bound).await),
+            None => None,
+        }
+    };
     let result = tokio::select! {
-        r = scenario(cluster.access.clone()) => r,
+        (r, _) = async { tokio::join!(scenario(access), draining) } => r,
         _ = &mut signal => Err(anyhow!("interrupted: the scenario was stopped")),
     };
     if opts.keep && result.is_ok() {

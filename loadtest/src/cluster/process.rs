@@ -1,5 +1,6 @@
 //! The processes of a cluster: each a child killed when dropped, with its output
-//! in a log whose tail goes into error messages; and the cluster's directory.
+//! in a log whose tail goes into error messages; the cluster's directory; and what
+//! the other cluster modules share (start-up bounds, free ports, messages).
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -16,6 +17,25 @@ use tokio::time::Instant;
 pub(super) const POLL: Duration = Duration::from_millis(50);
 /// Log lines shown when a process fails to start.
 const LOG_TAIL_LINES: usize = 15;
+
+/// Bound on Redis answering PING, and separately on every node's `/readyz`
+/// answering 200.
+pub(super) const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one readiness probe (connect, request, status line).
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Ports tried for Redis: a free port can be taken between the probe and the bind.
+pub(super) const REDIS_PORT_ATTEMPTS: usize = 3;
+
+pub(super) fn say(msg: impl std::fmt::Display) {
+    eprintln!("loadtest cluster: {msg}");
+}
+
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("no free loopback port")?
+        .port())
+}
 
 /// A child process that is killed (SIGKILL) and reaped when dropped;
 /// [`ChildGuard::stop`] asks it to end with SIGTERM first.

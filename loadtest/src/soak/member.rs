@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::reconnects::{ConnectFailures, SHUTDOWN_CLOSE};
 use super::schedule::{Rng, Schedule};
 use super::state::{Run, GONE, MAX_OFFLINE};
 use super::stream::{Seen, StreamCheck};
@@ -24,7 +25,8 @@ use crate::stamp::{fast_publication, unix_micros, write_stamp, Stamp};
 
 /// Frames a session's reader hands over before it waits for the member.
 const EVENT_QUEUE: usize = 64;
-/// First pause before a reconnect after a failure; doubled up to [`MAX_BACKOFF`].
+/// First pause before a reconnect after a failed attempt; doubled up to
+/// [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Bound on a session's reader task ending once the member lets go of it.
@@ -46,6 +48,12 @@ pub(crate) struct Tally {
     /// Successful reconnects, and attempts that failed.
     pub reconnects: u64,
     pub reconnect_errors: u64,
+    /// Those failed attempts by kind.
+    pub failures: ConnectFailures,
+    /// Sessions the server closed with 3001 (shutdown: reconnect elsewhere).
+    pub closed_3001: u64,
+    /// Reconnects after such a close answered `recovered:true`.
+    pub recovered_after_3001: u64,
     /// Sessions that ended without the member asking (closed by the server, I/O
     /// error, unsubscribe push).
     pub disconnects: u64,
@@ -71,8 +79,9 @@ enum Event {
 enum SessionEnd {
     /// The member left at its planned moment.
     Planned,
-    /// The connection went without the member asking.
-    Lost(String),
+    /// The connection went without the member asking; the close code when the
+    /// server closed it.
+    Lost(String, Option<u16>),
     /// The run is over.
     Cancelled,
 }
@@ -144,13 +153,18 @@ pub(crate) async fn member(
     let mut session = first;
     let mut turn = 0;
     'run: loop {
+        let mut after_3001 = false;
         let mut pause = match me.serve(session, &mut schedule, &mut go).await {
             SessionEnd::Cancelled => break,
             SessionEnd::Planned => MAX_OFFLINE.mul_f64(me.rng.unit()),
-            SessionEnd::Lost(why) => {
+            SessionEnd::Lost(why, code) => {
                 me.tally.disconnects += 1;
+                after_3001 = code == Some(SHUTDOWN_CLOSE);
+                me.tally.closed_3001 += u64::from(after_3001);
                 run.note("disconnect", format!("member {m}: {why}"));
-                MIN_BACKOFF
+                // Back at a random moment within the next 500 ms, as the SDKs do,
+                // so that a node's clients do not all come back at once.
+                MAX_OFFLINE.mul_f64(me.rng.unit())
             }
         };
         // Away, then back to the next URL with recovery; failed attempts back off.
@@ -169,11 +183,15 @@ pub(crate) async fn member(
             match opened {
                 Ok(s) => {
                     me.tally.reconnects += 1;
+                    run.reconnects.record(Instant::now());
+                    let recovered = s.subscribed[0].recovered;
+                    me.tally.recovered_after_3001 += u64::from(after_3001 && recovered);
                     me.on_subscribed(&s.subscribed[0], false);
                     break s;
                 }
                 Err(e) => {
                     me.tally.reconnect_errors += 1;
+                    me.tally.failures.count(&e);
                     run.note("reconnect", format!("member {m}: {e}"));
                     pause = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -329,7 +347,7 @@ impl Member<'_> {
                         Some(Event::Frame(frame)) => {
                             let (pings, unsubscribed) = self.on_frame(&frame);
                             if let Some(code) = unsubscribed {
-                                return SessionEnd::Lost(format!("unsubscribed by the server: code {code}"));
+                                return SessionEnd::Lost(format!("unsubscribed by the server: code {code}"), None);
                             }
                             let mut res = Ok(());
                             for _ in 0..if pong { pings } else { 0 } {
@@ -345,7 +363,11 @@ impl Member<'_> {
                         None => Err(ClientError::Protocol("the session reader ended".into())),
                     };
                     if let Err(e) = res {
-                        return SessionEnd::Lost(e.to_string());
+                        let code = match &e {
+                            ClientError::Closed { code, .. } => Some(*code),
+                            _ => None,
+                        };
+                        return SessionEnd::Lost(e.to_string(), code);
                     }
                     if leaving.is_some() && self.in_flight.is_empty() {
                         return SessionEnd::Planned;
@@ -370,7 +392,7 @@ impl Member<'_> {
                     } else if s.next_publish <= now && now < s.end {
                         s.published(now);
                         if let Err(e) = self.publish(writer).await {
-                            return SessionEnd::Lost(e.to_string());
+                            return SessionEnd::Lost(e.to_string(), None);
                         }
                     }
                 }

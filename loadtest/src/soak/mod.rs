@@ -4,9 +4,14 @@
 //! recovering from the last offset and epoch they saw. Every member must see its
 //! room's stream exactly once and in order across its reconnects, unless the server
 //! says it cannot recover (`recovered:false`).
+//! A connection the server ends (close 3001 from a node shutting down, or any other
+//! loss) is reopened the same way at a random moment within 500 ms, as the SDKs do.
+//! The report has the reconnects per second, the 3001 closes and failed attempts by
+//! kind.
 
 mod member;
 mod options;
+mod reconnects;
 mod report;
 mod schedule;
 mod state;
@@ -35,6 +40,7 @@ use crate::sys;
 
 use member::Tally;
 pub use options::SoakOptions;
+pub use reconnects::ConnectFailures;
 pub use report::{SoakCounts, SoakParameters, SoakReport};
 use state::{Counters, Run};
 
@@ -109,6 +115,7 @@ async fn prepare(
         cancel: CancellationToken::new(),
         go: go_rx,
         readers: TaskTracker::new(),
+        reconnects: reconnects::Series::new(),
         seed: std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish(),
@@ -269,6 +276,7 @@ fn build_report(
         + c.epoch_mismatches
         + c.publish_errors
         + measured.connect_errors;
+    let per_second = run.reconnects.per_second();
     let strict_failures = c.recovery_failed + c.disconnects + c.reconnect_errors + c.unanswered;
     let ok = failures == 0
         && c.publications > 0
@@ -296,6 +304,9 @@ fn build_report(
             0.0
         },
         latency_us: LatencyUs::of(&run.latency.merged()),
+        peak_reconnects_per_second: per_second.iter().copied().max().unwrap_or(0),
+        reconnects_per_second: per_second,
+        started_unix_ms: run.reconnects.started_unix_ms,
         counts: c,
         outcome: watch.outcome(ok, problems),
     }
@@ -318,6 +329,9 @@ fn tally(run: &Run, tallies: &[Tally], problems: &mut Problems) -> SoakCounts {
     for t in tallies {
         r.reconnects += t.reconnects;
         r.reconnect_errors += t.reconnect_errors;
+        r.reconnect_failures.add(&t.failures);
+        r.closed_3001 += t.closed_3001;
+        r.recovered_after_3001 += t.recovered_after_3001;
         r.disconnects += t.disconnects;
         r.recovered_ok += t.recovered_ok;
         r.recovery_failed += t.recovery_failed;

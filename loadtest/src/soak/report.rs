@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::reconnects::ConnectFailures;
 use crate::latency::LatencyUs;
 use crate::report::{self, Outcome, Report};
 
@@ -44,6 +45,13 @@ pub struct SoakReport {
     pub deliveries_per_sec: f64,
     /// Receive time minus send time of live deliveries; `null` when there were none.
     pub latency_us: Option<LatencyUs>,
+    /// Reconnects (not the first connections) in each whole second since the start
+    /// of the run, counted when their connect and subscribe were answered.
+    pub reconnects_per_second: Vec<u64>,
+    /// The most of those in one second.
+    pub peak_reconnects_per_second: u64,
+    /// Wall-clock start of the run (Unix milliseconds): second 0 of the series.
+    pub started_unix_ms: u64,
     /// `ok`: no loss, duplicate, reordering, epoch mismatch or unexpected message,
     /// no connect or publish error, and publications were made and delivered; with
     /// `strict`, also no recovery failure, unplanned disconnect, failed reconnect or
@@ -60,6 +68,14 @@ pub struct SoakCounts {
     pub reconnects: u64,
     /// Reconnect attempts that failed (retried with backoff).
     pub reconnect_errors: u64,
+    /// Those by kind (TCP refused, HTTP status such as 503, handshake, refused by
+    /// the server, timeout).
+    pub reconnect_failures: ConnectFailures,
+    /// Connections the server closed with 3001 (a node shutting down); the member
+    /// comes back within 500 ms, through the same URLs, recovering.
+    pub closed_3001: u64,
+    /// Reconnects after a 3001 close answered `recovered:true`.
+    pub recovered_after_3001: u64,
     /// Connections that ended without the member asking (closed by the server, I/O
     /// error, unsubscribe push).
     pub disconnects: u64,
@@ -134,8 +150,15 @@ impl Report for SoakReport {
             (
                 "reconnects",
                 format!(
-                    "{} (failed attempts {}, unplanned disconnects {})",
-                    c.reconnects, c.reconnect_errors, c.disconnects
+                    "{} (failed attempts {}, unplanned disconnects {}), peak {}/s",
+                    c.reconnects, c.reconnect_errors, c.disconnects, self.peak_reconnects_per_second
+                ),
+            ),
+            (
+                "closed 3001",
+                format!(
+                    "{} ({} recovered on reconnect)",
+                    c.closed_3001, c.recovered_after_3001
                 ),
             ),
             (

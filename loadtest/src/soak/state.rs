@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::options::SoakOptions;
+use super::reconnects::Series;
 use crate::dial::Dialer;
 use crate::latency::LatencyRecorder;
 use crate::options::CommonOptions;
@@ -55,6 +56,8 @@ pub(crate) struct Run {
     pub(super) go: watch::Receiver<Option<Instant>>,
     /// The reading half of every session.
     pub(super) readers: TaskTracker,
+    /// Reconnects per second.
+    pub(super) reconnects: Series,
     /// Seeds each member's random schedule.
     pub(super) seed: u64,
 }
