@@ -16,5 +16,6 @@ mod python;
 mod readme;
 mod recovery;
 mod redis_memory;
+mod rolling;
 mod sdk;
 mod support;
