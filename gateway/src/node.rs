@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout::broker::{Control, NodeInfo};
-use fanout::{Broker, HistoryPage, HistoryQuery};
+use fanout::{Broker, HistoryOptions, HistoryPage, HistoryQuery};
 use shared::auth::Verifier;
-use shared::protocol::StreamPosition;
+use shared::protocol::{Publication, StreamPosition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -65,7 +65,7 @@ impl Node {
     pub fn new(config: Config, broker: Arc<dyn Broker>) -> Result<Arc<Node>, NodeError> {
         config.validate()?;
         let verifier = Verifier::new(&config.token)?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new());
         let id = uuid::Uuid::new_v4().to_string();
         let (surveys, queries) = Surveys::new(id.clone());
         let surveys = Arc::new(surveys);
@@ -114,12 +114,37 @@ impl Node {
             name: self.config.node_name.clone(),
             version: VERSION.into(),
             uptime_secs: self.started.elapsed().as_secs(),
-            num_clients: self.metrics.connections.get(),
+            num_clients: self.metrics.connections.get().max(0) as u64,
             num_users: self.hub.num_users() as u64,
             num_subs: self.hub.num_subscriptions() as u64,
             num_rooms: self.hub.num_rooms() as u64,
             ttl_ms: (self.config.heartbeat_interval * 3).as_millis() as u64,
         }
+    }
+}
+
+impl Node {
+    /// Publish through the broker, timed and counted (`api`: from the server API,
+    /// else from a client).
+    pub(crate) async fn publish(
+        &self,
+        room: &str,
+        publication: Publication,
+        history: Option<HistoryOptions>,
+        api: bool,
+    ) -> Result<StreamPosition, fanout::BrokerError> {
+        let start = Instant::now();
+        let res = self.broker.publish(room, publication, history).await;
+        let m = &self.metrics;
+        m.broker_publish_duration
+            .observe(start.elapsed().as_secs_f64());
+        if res.is_ok() {
+            match api {
+                true => m.publications_api.inc(),
+                false => m.publications_client.inc(),
+            }
+        }
+        res
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP server: WebSocket upgrades at `/connection/websocket`, health at
 //! `/healthz` and `/readyz`, the server API under `/api` (on the client listener
-//! or its own), and graceful shutdown.
+//! or its own), metrics at `/metrics` on the admin listener, and graceful
+//! shutdown.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::api::API_PREFIX;
+use crate::metrics::{HubCounts, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::node::Node;
 
 /// The WebSocket endpoint, as in Centrifugo.
@@ -47,7 +49,42 @@ pub async fn run_with(
     node: Arc<Node>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let role = if let Some(api) = api {
+    let listeners = Listeners {
+        clients: listener,
+        api,
+        admin: None,
+    };
+    run_listeners(listeners, node, shutdown).await
+}
+
+/// What a node listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// WebSockets and health (and the API when it has no listener of its own).
+    pub clients: TcpListener,
+    /// The server API and health (`api.listen`).
+    pub api: Option<TcpListener>,
+    /// Metrics and health (`admin.listen`).
+    pub admin: Option<TcpListener>,
+}
+
+/// As [`run`], on every listener of `listeners`; the API and admin listeners
+/// close when the node starts draining.
+pub async fn run_listeners(
+    listeners: Listeners,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Some(admin) = listeners.admin {
+        let stop = node.shutdown.clone();
+        node.tasks.spawn(accept(
+            admin,
+            node.clone(),
+            Role::Admin,
+            stop.cancelled_owned(),
+        ));
+    }
+    let role = if let Some(api) = listeners.api {
         let stop = node.shutdown.clone();
         node.tasks
             .spawn(accept(api, node.clone(), Role::Api, stop.cancelled_owned()));
@@ -55,7 +92,7 @@ pub async fn run_with(
     } else {
         Role::ClientsAndApi
     };
-    accept(listener, node.clone(), role, shutdown).await;
+    accept(listeners.clients, node.clone(), role, shutdown).await;
     tracing::info!("shutting down: closing clients");
     node.set_ready(false);
     node.shutdown.cancel();
@@ -80,6 +117,8 @@ enum Role {
     ClientsAndApi,
     /// The API and health.
     Api,
+    /// Metrics and health.
+    Admin,
 }
 
 /// Accept HTTP connections on `listener` until `stop` resolves.
@@ -176,11 +215,14 @@ fn is_api_path(path: &str) -> bool {
 
 async fn route(node: Arc<Node>, role: Role, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if role != Role::Clients && is_api_path(path) {
+    if matches!(role, Role::ClientsAndApi | Role::Api) && is_api_path(path) {
         return crate::api::handle(node, req).await;
     }
     match (req.method(), path) {
-        (&Method::GET, WEBSOCKET_PATH) if role != Role::Api => upgrade(node, req),
+        (&Method::GET, WEBSOCKET_PATH) if matches!(role, Role::Clients | Role::ClientsAndApi) => {
+            upgrade(node, req)
+        }
+        (&Method::GET, "/metrics") if role == Role::Admin => metrics(&node),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
@@ -191,6 +233,20 @@ async fn route(node: Arc<Node>, role: Role, req: Request<Incoming>) -> Response<
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The node's metrics in the Prometheus text format.
+fn metrics(node: &Node) -> Response<Body> {
+    let hub = HubCounts {
+        subscriptions: node.hub.num_subscriptions(),
+        rooms: node.hub.num_rooms(),
+        users: node.hub.num_users(),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", METRICS_CONTENT_TYPE)
+        .body(Full::new(Bytes::from(node.metrics.render(hub))))
+        .expect("bug: static response")
 }
 
 /// Whether the request's Origin (if any) is allowed.
@@ -237,8 +293,8 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             "only the JSON protocol (centrifuge-json) is served\n",
         );
     }
-    if node.metrics.connections.get() as usize >= node.config.client.max_connections {
-        node.metrics.connections_refused.inc();
+    if node.metrics.connections.get().max(0) as usize >= node.config.client.max_connections {
+        node.metrics.connects_refused.inc();
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "connection limit reached\n",

@@ -38,8 +38,7 @@ async fn publish_one(
         tags,
     };
     let position = node
-        .broker
-        .publish(channel, publication, history)
+        .publish(channel, publication, history, true)
         .await
         .map_err(internal)?;
     Ok(PublishResult {

@@ -4,7 +4,7 @@
 //! Environment names are a public contract: `GATEWAY_LISTEN`,
 //! `GATEWAY_TOKEN_HMAC_SECRET`, `GATEWAY_API_KEY`, `GATEWAY_REDIS_URL`,
 //! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_ALLOWED_ORIGINS` (comma-separated),
-//! `GATEWAY_API_LISTEN`. One file per section.
+//! `GATEWAY_API_LISTEN`, `GATEWAY_ADMIN_LISTEN`. One file per section.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use shared::auth::KeyConfig;
 use shared::channel::ChannelName;
 
+mod admin;
 mod api;
 mod channel;
 mod client;
@@ -23,6 +24,7 @@ mod http;
 mod proxy;
 mod redis;
 
+pub use admin::AdminConfig;
 pub use api::ApiConfig;
 pub use channel::ChannelOptions;
 pub use client::ClientConfig;
@@ -69,6 +71,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Calls to the application backend.
     pub proxy: ProxyConfig,
+    /// The admin listener (metrics, health).
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             api: ApiConfig::default(),
             proxy: ProxyConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -197,6 +202,9 @@ impl Config {
         }
         if let Some(v) = var("GATEWAY_API_LISTEN") {
             self.api.listen = Some(v).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = var("GATEWAY_ADMIN_LISTEN") {
+            self.admin.listen = v;
         }
         if let Some(v) = var("GATEWAY_REDIS_URL") {
             self.redis_url = Some(v).filter(|s| !s.is_empty());
@@ -314,6 +322,7 @@ impl Config {
         }
         self.http.validate()?;
         self.api.validate()?;
+        self.admin.listen_addr()?;
         self.proxy.validate()?;
         self.channel.validate("channel", &self.proxy)?;
         for (name, ns) in &self.namespaces {
@@ -381,6 +390,10 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert_eq!(c.listen, "127.0.0.1:8000");
+        assert_eq!(
+            c.admin.listen_addr().unwrap(),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
         assert_eq!(c.channel.history_size, 100);
         assert_eq!(c.channel.history_ttl, Duration::from_secs(300));
         assert!(c.channel.presence && c.channel.allow_publish && c.channel.allow_subscribe);
@@ -403,11 +416,17 @@ mod tests {
         .unwrap();
         c.apply_env(|k| match k {
             "GATEWAY_LISTEN" => Some("127.0.0.1:9100".to_string()),
+            "GATEWAY_ADMIN_LISTEN" => Some(String::new()),
             "GATEWAY_ALLOWED_ORIGINS" => Some("https://a.example, https://b.example".to_string()),
             _ => None,
         });
         c.validate().unwrap();
         assert_eq!(c.listen, "127.0.0.1:9100");
+        assert_eq!(
+            c.admin.listen_addr().unwrap(),
+            None,
+            "empty: no admin listener"
+        );
         assert_eq!(
             c.client.allowed_origins,
             vec!["https://a.example", "https://b.example"]

@@ -59,8 +59,7 @@ impl Conn {
             publication.tags = r.tags;
         }
         self.node
-            .broker
-            .publish(&req.channel, publication, history)
+            .publish(&req.channel, publication, history, false)
             .await
             .map_err(internal)?;
         Ok(ReplyBody::Publish(EmptyResult {}))
