@@ -8,6 +8,7 @@ mod delivery;
 mod layout;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod protocol;
 mod proxy;
 mod python;
