@@ -19,13 +19,20 @@
 //! | `gateway_frames_written_total` | counter | `ws` |
 //! | `gateway_protocol_errors_total` | counter | `ws` (closes for a bad frame or command) |
 //! | `gateway_command_duration_seconds{command}` | histogram | `conn` (client commands) |
-//! | `gateway_broker_publish_duration_seconds` | histogram | `conn::publish`, `api::publish` |
+//! | `gateway_broker_publish_duration_seconds` | histogram | `node` (every publish through the broker) |
+//! | `gateway_redis_command_errors_total`, `gateway_redis_pubsub_reconnects_total`, `gateway_redis_gap_repairs_total`, `gateway_redis_dropped_messages_total` | counters | read from the broker at scrape ([`fanout::BrokerStats`]; Redis engine only) |
+//! | `gateway_redis_presence_refresh_duration_seconds` | summary (sum, count) | as above |
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
+use fanout::Broker;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The content type of [`Metrics::render`].
@@ -55,17 +62,10 @@ pub(crate) enum Cmd {
     Rpc,
 }
 
+#[rustfmt::skip]
 const CMD_NAMES: [&str; 10] = [
-    "connect",
-    "subscribe",
-    "unsubscribe",
-    "publish",
-    "presence",
-    "presence_stats",
-    "history",
-    "refresh",
-    "sub_refresh",
-    "rpc",
+    "connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history",
+    "refresh", "sub_refresh", "rpc",
 ];
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
@@ -125,57 +125,29 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A node's metrics in a registry of their own.
+    #[rustfmt::skip]
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
-        let build = int_gauge_vec(r, "gateway_build_info", "Build of this node", &["version"]);
+        let build = Opts::new("gateway_build_info", "Build of this node");
+        let build = register(r, IntGaugeVec::new(build, &["version"]));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let connects = counter_vec(
-            r,
-            "gateway_connects_total",
-            "Connect attempts by result: ok, refused (HTTP 503 at max_connections), error (the connect command failed)",
-            &["result"],
-        );
-        let disconnects = counter_vec(
-            r,
-            "gateway_disconnects_total",
-            "Connections closed, by the close code sent (1006: none could be sent; other: a code outside the protocol's)",
-            &["code"],
-        );
-        let publications = counter_vec(
-            r,
-            "gateway_publications_total",
-            "Publications accepted by the broker, by source: client or api",
-            &["source"],
-        );
-        let commands = HistogramVec::new(
-            HistogramOpts::new(
-                "gateway_command_duration_seconds",
-                "Time to handle a client command, by command",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["command"],
-        )
-        .expect("bug: valid histogram");
-        r.register(Box::new(commands.clone()))
-            .expect("bug: metric registered twice");
-        let broker_publish_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "gateway_broker_publish_duration_seconds",
-                "Time for the broker to accept a publication (history, offset, fan-out to nodes)",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("bug: valid histogram");
-        r.register(Box::new(broker_publish_duration.clone()))
-            .expect("bug: metric registered twice");
+        let connects = counter_vec(r, "gateway_connects_total",
+            "Connect attempts by result: ok, refused (HTTP 503 at max_connections), error (the connect command failed)", &["result"]);
+        let disconnects = counter_vec(r, "gateway_disconnects_total",
+            "Connections closed, by the close code sent (1006: none could be sent; other: a code outside the protocol's)", &["code"]);
+        let publications = counter_vec(r, "gateway_publications_total",
+            "Publications accepted by the broker, by source: client or api", &["source"]);
+        let commands = histogram(r, "gateway_command_duration_seconds",
+            "Time to handle a client command, by command", &["command"]);
+        let broker_publish_duration = histogram(r, "gateway_broker_publish_duration_seconds",
+            "Time for the broker to accept a publication (history, offset, fan-out to nodes)", &[]);
         Metrics {
             connections: gauge(r, "gateway_connections", "Open client connections"),
             connects_ok: connects.with_label_values(&["ok"]),
             connects_refused: connects.with_label_values(&["refused"]),
             connects_error: connects.with_label_values(&["error"]),
-            disconnects: DISCONNECT_CODES
-                .iter()
+            disconnects: DISCONNECT_CODES.iter()
                 .map(|c| disconnects.with_label_values(&[c.to_string().as_str()]))
                 .collect(),
             disconnects_other: disconnects.with_label_values(&["other"]),
@@ -184,51 +156,23 @@ impl Metrics {
             users: gauge(r, "gateway_users", "Users with a connection on this node"),
             publications_client: publications.with_label_values(&["client"]),
             publications_api: publications.with_label_values(&["api"]),
-            broker_publications: counter(
-                r,
-                "gateway_broker_publications_total",
-                "Publications the broker delivered to this node's hub",
-            ),
-            deliveries: counter(
-                r,
-                "gateway_deliveries_total",
-                "Publications enqueued to client mailboxes (one per recipient)",
-            ),
-            slow_disconnects: counter(
-                r,
-                "gateway_slow_consumer_disconnects_total",
-                "Clients closed with 3008: their queue passed client.queue_max_bytes",
-            ),
-            queue_dropped_bytes: counter(
-                r,
-                "gateway_queue_dropped_bytes_total",
-                "Bytes of messages dropped with a slow client (queued, or refused by the full queue)",
-            ),
-            positions_lost: counter(
-                r,
-                "gateway_positions_lost_total",
-                "Unsubscribe pushes with 2500 (insufficient state): the client resubscribes and recovers",
-            ),
-            rooms_lost: counter(
-                r,
-                "gateway_rooms_lost_total",
-                "Times the broker lost publications of a room it could not repair from history",
-            ),
-            frames_written: counter(
-                r,
-                "gateway_frames_written_total",
-                "WebSocket frames written to clients",
-            ),
-            protocol_errors: counter(
-                r,
-                "gateway_protocol_errors_total",
-                "Connections closed for a malformed frame or command",
-            ),
-            commands: CMD_NAMES
-                .iter()
-                .map(|c| commands.with_label_values(&[*c]))
-                .collect(),
-            broker_publish_duration,
+            broker_publications: counter(r, "gateway_broker_publications_total",
+                "Publications the broker delivered to this node's hub"),
+            deliveries: counter(r, "gateway_deliveries_total",
+                "Publications handed to client mailboxes (one per local recipient)"),
+            slow_disconnects: counter(r, "gateway_slow_consumer_disconnects_total",
+                "Clients closed with 3008: their queue passed client.queue_max_bytes"),
+            queue_dropped_bytes: counter(r, "gateway_queue_dropped_bytes_total",
+                "Bytes of messages dropped with a slow client (queued, or refused by the full queue)"),
+            positions_lost: counter(r, "gateway_positions_lost_total",
+                "Unsubscribe pushes with 2500 (insufficient state): the client resubscribes and recovers"),
+            rooms_lost: counter(r, "gateway_rooms_lost_total",
+                "Times the broker lost publications of a room it could not repair from history"),
+            frames_written: counter(r, "gateway_frames_written_total", "WebSocket frames written to clients"),
+            protocol_errors: counter(r, "gateway_protocol_errors_total",
+                "Connections closed for a malformed frame or command"),
+            commands: CMD_NAMES.iter().map(|c| commands.with_label_values(&[*c])).collect(),
+            broker_publish_duration: broker_publish_duration.with_label_values(&[] as &[&str]),
             registry,
         }
     }
@@ -244,6 +188,24 @@ impl Metrics {
     /// Record the time a client command took since `start`.
     pub(crate) fn command(&self, cmd: Cmd, start: Instant) {
         self.commands[cmd as usize].observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Export `broker`'s own counts too, when it has any (the Redis engine).
+    pub(crate) fn watch_broker(&self, broker: Arc<dyn Broker>) {
+        if broker.stats().is_none() {
+            return;
+        }
+        let descs = BROKER_METRICS
+            .iter()
+            .map(|(name, help)| {
+                Desc::new(name.to_string(), help.to_string(), vec![], HashMap::new())
+            })
+            .collect::<prometheus::Result<_>>()
+            .expect("bug: invalid metric");
+        let collector = BrokerCollector { broker, descs };
+        if let Err(e) = self.registry.register(Box::new(collector)) {
+            tracing::warn!(error = %e, "broker metrics not exported");
+        }
     }
 
     /// The registry holding every metric of this node.
@@ -265,32 +227,86 @@ impl Metrics {
     }
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("bug: valid metric");
-    r.register(Box::new(c.clone()))
+/// Register `metric` (valid by construction) in `r`.
+fn register<M: Collector + Clone + 'static>(r: &Registry, metric: prometheus::Result<M>) -> M {
+    let m = metric.expect("bug: invalid metric");
+    r.register(Box::new(m.clone()))
         .expect("bug: metric registered twice");
-    c
+    m
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help))
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("bug: valid metric");
-    r.register(Box::new(c.clone()))
-        .expect("bug: metric registered twice");
-    c
+    register(r, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("bug: valid metric");
-    r.register(Box::new(g.clone()))
-        .expect("bug: metric registered twice");
-    g
+    register(r, IntGauge::new(name, help))
 }
 
-fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
-    let g = prometheus::IntGaugeVec::new(Opts::new(name, help), labels).expect("bug: valid metric");
-    r.register(Box::new(g.clone()))
-        .expect("bug: metric registered twice");
-    g
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    register(r, HistogramVec::new(opts, labels))
+}
+
+/// Names and help of the broker's counts, in [`BrokerCollector::collect`]'s
+/// order: four counters, then a summary (sum and count only).
+#[rustfmt::skip]
+const BROKER_METRICS: [(&str, &str); 5] = [
+    ("gateway_redis_command_errors_total", "Redis commands that failed (after their one retry)"),
+    ("gateway_redis_pubsub_reconnects_total", "Redis pub/sub connections re-established after a loss"),
+    ("gateway_redis_gap_repairs_total", "Gaps in a room's publications filled from its Redis stream"),
+    ("gateway_redis_dropped_messages_total", "Pub/sub messages dropped at a full delivery worker queue (then repaired or reported lost)"),
+    ("gateway_redis_presence_refresh_duration_seconds", "Time of one round of presence refresh in Redis"),
+];
+
+/// The broker's own counts ([`fanout::BrokerStats`]), read at every scrape.
+struct BrokerCollector {
+    broker: Arc<dyn Broker>,
+    descs: Vec<Desc>,
+}
+
+impl Collector for BrokerCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(s) = self.broker.stats() else {
+            return Vec::new();
+        };
+        let counters = [s.command_errors, s.pubsub_reconnects, s.gap_repairs];
+        let mut metrics: Vec<proto::Metric> = counters
+            .into_iter()
+            .chain([s.dropped_messages])
+            .map(|v| {
+                let mut c = proto::Counter::default();
+                c.set_value(v as f64);
+                let mut m = proto::Metric::default();
+                m.set_counter(c);
+                m
+            })
+            .collect();
+        let mut summary = proto::Summary::default();
+        summary.set_sample_count(s.presence_refreshes);
+        summary.set_sample_sum(s.presence_refresh_seconds);
+        metrics.push(proto::Metric::default());
+        metrics[4].set_summary(summary);
+        let kinds = [MetricType::COUNTER, MetricType::SUMMARY];
+        (metrics.into_iter().zip(&self.descs).enumerate())
+            .map(|(i, (metric, desc))| {
+                let mut f = MetricFamily::default();
+                f.set_name(desc.fq_name.clone());
+                f.set_help(desc.help.clone());
+                f.set_field_type(kinds[usize::from(i == 4)]);
+                f.set_metric(vec![metric]);
+                f
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ impl Node {
         config.validate()?;
         let verifier = Verifier::new(&config.token)?;
         let metrics = Arc::new(Metrics::new());
+        metrics.watch_broker(broker.clone());
         let id = uuid::Uuid::new_v4().to_string();
         let (surveys, queries) = Surveys::new(id.clone());
         let surveys = Arc::new(surveys);

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use fanout::testing::RedisServer;
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -178,4 +179,70 @@ async fn the_admin_listener_serves_health_and_only_that() {
     assert_eq!(http_get(gw.addr, "/metrics").await.0, 404);
     gw.node.set_ready(false);
     assert_eq!(http_get(admin, "/readyz").await.0, 503);
+}
+
+/// On Redis: a restart of Redis shows in the engine's counters (command errors,
+/// pub/sub reconnects), the lost stream in `gateway_positions_lost_total`, and
+/// presence refresh rounds in their summary.
+#[tokio::test]
+async fn redis_metrics_count_a_restart() {
+    let mut redis = RedisServer::start();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let gw = TestGateway::on_redis_with_admin(&redis.url(), Some(admin), |_| {}).await;
+    let mut p = gw.client("p").await;
+    p.subscribe("room").await;
+    let mut s = gw.client("s").await;
+    let r = s
+        .call("subscribe", json!({"channel": "room", "recoverable": true}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let r = p.publish("room", json!({"n": 1})).await;
+    assert_eq!(r["publish"], json!({}), "{r}");
+    assert_eq!(s.push("room").await["pub"]["offset"], json!(1));
+
+    let m = scrape(admin_addr).await;
+    assert_eq!(value(&m, "gateway_redis_command_errors_total", &[]), 0.0);
+    assert_eq!(value(&m, "gateway_redis_pubsub_reconnects_total", &[]), 0.0);
+    assert_eq!(value(&m, "gateway_redis_dropped_messages_total", &[]), 0.0);
+    let refreshes = "gateway_redis_presence_refresh_duration_seconds_count";
+    assert!(value(&m, refreshes, &[]) >= 1.0, "one round at start");
+
+    redis.kill();
+    eventually("the node to go not ready", || !gw.node.is_ready()).await;
+    let r = p.publish("room", json!({"n": "during"})).await;
+    assert_eq!(r["error"]["code"], json!(100), "{r}");
+    redis.restart();
+    eventually("the node to be ready again", || gw.node.is_ready()).await;
+    let u = s.push("room").await;
+    assert_eq!(u["unsubscribe"]["code"], json!(2500), "{u}");
+
+    let m = scrape(admin_addr).await;
+    assert!(value(&m, "gateway_redis_command_errors_total", &[]) >= 1.0);
+    assert!(value(&m, "gateway_redis_pubsub_reconnects_total", &[]) >= 1.0);
+    assert_eq!(value(&m, "gateway_positions_lost_total", &[]), 1.0);
+    let publications = |source| value(&m, "gateway_publications_total", &[("source", source)]);
+    assert_eq!(publications("client"), 1.0, "the failed one is not counted");
+    let publishes = value(
+        &m,
+        "gateway_command_duration_seconds_count",
+        &[("command", "publish")],
+    );
+    assert_eq!(publishes, 2.0);
+    assert_eq!(
+        value(&m, "gateway_broker_publish_duration_seconds_count", &[]),
+        2.0
+    );
+}
+
+/// The in-memory engine has no Redis counters.
+#[tokio::test]
+async fn no_redis_metrics_on_the_memory_engine() {
+    let (_gw, admin) = gateway().await;
+    let m = scrape(admin).await;
+    assert!(m
+        .samples
+        .iter()
+        .all(|s| !s.metric.starts_with("gateway_redis_")));
+    assert!(!m.samples.is_empty());
 }

@@ -59,6 +59,15 @@ impl TestGateway {
 
     /// A node on the Redis at `url` (quick probes, so fault tests run fast).
     pub async fn on_redis(url: &str, f: impl FnOnce(&mut Config)) -> Self {
+        Self::on_redis_with_admin(url, None, f).await
+    }
+
+    /// As [`TestGateway::on_redis`], with the admin listener (metrics) on `admin`.
+    pub async fn on_redis_with_admin(
+        url: &str,
+        admin: Option<tokio::net::TcpListener>,
+        f: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut c = test_config();
         c.redis_url = Some(url.to_owned());
         c.redis.probe_interval = Duration::from_millis(300);
@@ -67,7 +76,7 @@ impl TestGateway {
         let broker = fanout::RedisBroker::connect(c.redis_config().expect("redis url set"))
             .await
             .expect("redis reachable");
-        Self::with_broker(c, broker).await
+        Self::serve(c, broker, None, admin).await
     }
 
     pub async fn with_broker(config: Config, broker: Arc<dyn fanout::Broker>) -> Self {
