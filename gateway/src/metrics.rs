@@ -9,7 +9,7 @@
 //! | `gateway_connects_total{result="ok"\|"refused"\|"error"}` | counter | `conn` (connect command), `server` (503 at `max_connections`) |
 //! | `gateway_disconnects_total{code}` | counter | `ws` (the close frame sent; `1006`: none could be) |
 //! | `gateway_subscriptions`, `gateway_rooms`, `gateway_users` | gauges | read from the hub at scrape |
-//! | `gateway_publications_total{source="client"\|"api"}` | counter | `conn::publish`, `api::publish` (accepted by the broker) |
+//! | `gateway_publications_total{source="client"\|"api"}` | counter | `node` (`Node::publish`, for `conn::publish` and `api::publish`: accepted by the broker) |
 //! | `gateway_broker_publications_total` | counter | `hub` (publications the broker delivered to this node) |
 //! | `gateway_deliveries_total` | counter | `hub` (one add per publication: its local recipients) |
 //! | `gateway_slow_consumer_disconnects_total` | counter | `outbound` (3008) |
@@ -40,26 +40,20 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Close codes counted under their own label; any other is `other`.
 const DISCONNECT_CODES: &[u16] = &[
-    1000, 1002, 1006, 1007, 1009, 3000, 3001, 3002, 3003, 3004, 3005, 3006, 3007, 3008, 3009, 3010,
-    3011, 3012, 3013, 3500, 3501, 3502, 3503, 3504, 3505, 3506, 3507, 3508, 3509,
+    1000, 1002, 1006, 1007, 1009, 3001, 3004, 3005, 3006, 3008, 3009, 3010, 3011, 3012, 3013, 3500,
+    3501, 3502, 3503, 3504, 3505, 3506, 3507, 3508, 3509,
 ];
 
 /// The close code counted for a connection that ended without a close frame.
 pub(crate) const CLOSE_ABNORMAL: u16 = 1006;
 
-/// Client commands, as timed in `gateway_command_duration_seconds`.
+/// Client commands, as timed in `gateway_command_duration_seconds` (names in
+/// `CMD_NAMES`, in this order).
+#[rustfmt::skip]
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Cmd {
-    Connect,
-    Subscribe,
-    Unsubscribe,
-    Publish,
-    Presence,
-    PresenceStats,
-    History,
-    Refresh,
-    SubRefresh,
-    Rpc,
+    Connect, Subscribe, Unsubscribe, Publish, Presence, PresenceStats, History, Refresh,
+    SubRefresh, Rpc,
 }
 
 #[rustfmt::skip]
