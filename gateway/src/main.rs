@@ -1,4 +1,8 @@
 //! `gateway`: run a node (the default command) or mint tokens.
+//!
+//! - `logging`: text or JSON log lines on stderr.
+
+mod logging;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,12 +93,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(mut config: Config) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?,
-        )
-        .init();
+    logging::init(&config)?;
     raise_open_files(config.client.max_connections);
     let generated = if config.token.has_key() {
         None
@@ -123,16 +122,16 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         };
         let broker: Arc<dyn fanout::Broker> = match config.redis_config() {
             Some(rc) => {
-                // Never log credentials: only what follows an `@`.
-                let url = rc.url.rsplit('@').next().unwrap_or_default().to_owned();
+                // Never log credentials.
+                let url = shared::redact::redact_url(&rc.url).into_owned();
                 let b = fanout::RedisBroker::connect(rc)
                     .await
                     .with_context(|| format!("redis_url ({url}): cannot reach Redis"))?;
-                tracing::info!(node = %config.node_name, engine = "redis", %url, "cluster node on Redis");
+                tracing::info!(engine = "redis", %url, "node {} in a cluster on Redis", config.node_name);
                 b
             }
             None => {
-                tracing::info!(node = %config.node_name, engine = "memory", "single node on the in-memory broker");
+                tracing::info!(engine = "memory", "node {} alone on the in-memory broker", config.node_name);
                 fanout::MemoryBroker::new()
             }
         };

@@ -48,8 +48,13 @@ pub struct Node {
     /// Channel surveys this node asks and answers.
     surveys: Arc<Surveys>,
     pub metrics: Arc<Metrics>,
-    /// Cancelled when the node starts shutting down: connections close with 3001.
+    /// Cancelled when the node starts draining: each connection closes with 3001
+    /// at its turn (see [`Node::drain_delay`]).
     pub(crate) shutdown: CancellationToken,
+    /// The drain's turns: how many connections there were when it began, and
+    /// how many have taken a turn.
+    drain_total: AtomicUsize,
+    drain_taken: AtomicUsize,
     /// Every connection task and background loop, awaited on shutdown.
     pub(crate) tasks: TaskTracker,
     started: Instant,
@@ -87,6 +92,8 @@ impl Node {
             id,
             http_pending: AtomicUsize::new(0),
             ready: AtomicBool::new(true),
+            drain_total: AtomicUsize::new(0),
+            drain_taken: AtomicUsize::new(0),
         });
         node.tasks.spawn(unsubscribe_idle_rooms(node.clone()));
         node.tasks.spawn(heartbeat(node.clone()));
@@ -106,6 +113,27 @@ impl Node {
     /// Take the node out of rotation (`/readyz` 503) or back, while it keeps serving.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Start the drain: every connection closes with 3001 at its turn, the turns
+    /// spread evenly over `shutdown.drain_window`; background loops stop.
+    pub(crate) fn begin_drain(&self) {
+        let open = self.metrics.connections.get() as usize;
+        self.drain_total.store(open, Ordering::Relaxed);
+        self.shutdown.cancel();
+    }
+
+    /// A connection's wait, once the drain has begun, before it is closed: the
+    /// i-th of n waits `drain_window * i / n`, so the other nodes see a steady
+    /// rate of reconnects rather than one burst. Late arrivals wait the window.
+    pub(crate) fn drain_delay(&self) -> Duration {
+        let window = self.config.shutdown.drain_window;
+        let turn = self.drain_taken.fetch_add(1, Ordering::Relaxed);
+        let total = self.drain_total.load(Ordering::Relaxed);
+        if turn >= total {
+            return window;
+        }
+        window.mul_f64(turn as f64 / total as f64)
     }
 
     /// What this node says about itself in its heartbeat.

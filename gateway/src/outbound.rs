@@ -165,6 +165,11 @@ impl Outbound {
         self.state.lock().close.is_some()
     }
 
+    /// The code the connection was (or is to be) closed with, once decided.
+    pub fn close_code(&self) -> Option<u16> {
+        self.state.lock().close.as_ref().map(|c| c.code)
+    }
+
     /// Move everything queued into `into` (which the writer reuses between wakes).
     pub fn drain(&self, into: &mut VecDeque<Item>) -> Drained {
         let mut s = self.state.lock();

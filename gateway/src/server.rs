@@ -33,9 +33,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         .expect("bug: static response")
 }
 
-/// Serve on `listener` until `shutdown` resolves, then drain: readiness goes false,
-/// the listener closes, clients are told 3001, and this returns once every
-/// connection has ended or the grace period has passed. The server API (when
+/// Serve on `listener` until `shutdown` resolves, then drain: readiness goes false
+/// at once, the listener closes `shutdown.readiness_delay` later, clients are told
+/// 3001 spread over `shutdown.drain_window`, and this returns once every
+/// connection has ended or `shutdown.grace_period` (from the signal) has passed. The server API (when
 /// `api_key` is set) is served on the same listener.
 pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
     run_with(listener, None, node, shutdown).await
@@ -92,13 +93,29 @@ pub async fn run_listeners(
     } else {
         Role::ClientsAndApi
     };
-    accept(listeners.clients, node.clone(), role, shutdown).await;
-    tracing::info!("shutting down: closing clients");
-    node.set_ready(false);
-    node.shutdown.cancel();
+    let cfg = &node.config.shutdown;
+    // Readiness turns false at the signal, while the listener keeps accepting for
+    // `readiness_delay`: load balancers notice before clients are refused.
+    let signalled = async {
+        shutdown.await;
+        node.set_ready(false);
+        tracing::info!(
+            readiness_delay = ?cfg.readiness_delay,
+            "shutting down: readiness off, still accepting while load balancers notice"
+        );
+        tokio::time::sleep(cfg.readiness_delay).await;
+    };
+    accept(listeners.clients, node.clone(), role, signalled).await;
+    let deadline =
+        tokio::time::Instant::now() + cfg.grace_period.saturating_sub(cfg.readiness_delay);
+    tracing::info!(
+        clients = node.metrics.connections.get(),
+        drain_window = ?cfg.drain_window,
+        "listener closed: disconnecting clients with 3001, spread over the drain window"
+    );
+    node.begin_drain();
     node.tasks.close();
-    let grace = node.config.shutdown.grace_period;
-    let drained = tokio::time::timeout(grace, node.tasks.wait()).await;
+    let drained = tokio::time::timeout_at(deadline, node.tasks.wait()).await;
     match drained {
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!(

@@ -125,8 +125,13 @@ where
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     // Created once: re-creating it on every wake-up re-registered a waiter per
-    // delivery (2-4% of the gateway's CPU in a fan-out profile).
-    let shutdown = conn.node.shutdown.cancelled();
+    // delivery (2-4% of the gateway's CPU in a fan-out profile). Once the node
+    // drains, the connection waits for its turn before it is closed.
+    let node = &conn.node;
+    let shutdown = async {
+        node.shutdown.cancelled().await;
+        tokio::time::sleep(node.drain_delay()).await;
+    };
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
     loop {
@@ -215,7 +220,7 @@ async fn handle_inbound(conn: &Conn, res: Result<Message, ReadError>) -> Inbound
             if !conn.out.is_closing() {
                 if let Err(code) = conn.handle_frame(&payload).await {
                     conn.node.metrics.protocol_errors.inc();
-                    tracing::debug!(client = %conn.client, code = code.code, "closing connection");
+                    tracing::debug!(client = %conn.client, user = %conn.user(), code = code.code, "closing connection");
                     conn.out.close(code);
                 }
             }
@@ -240,7 +245,7 @@ async fn handle_inbound(conn: &Conn, res: Result<Message, ReadError>) -> Inbound
             Inbound::Ended
         }
         Err(e) => {
-            tracing::debug!(client = %conn.client, error = %e, "websocket protocol error");
+            tracing::debug!(client = %conn.client, user = %conn.user(), error = %e, "websocket protocol error");
             conn.node.metrics.protocol_errors.inc();
             conn.out.close(close_code(&e));
             Inbound::Discarding

@@ -17,7 +17,8 @@ use crate::protocol::Raw;
 
 /// Keys and checks configured for token verification (the `[token]` section of the
 /// gateway's configuration). With none, the gateway generates a development secret.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// `Debug` shows whether the HMAC secrets are set, never their values.
+#[derive(Default, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeyConfig {
     /// HMAC secret for HS* tokens.
@@ -32,6 +33,29 @@ pub struct KeyConfig {
     pub audience: Option<String>,
     /// When set, the `iss` claim must equal it.
     pub issuer: Option<String>,
+}
+
+impl std::fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::redact::redacted;
+        // Destructured, so a new field cannot be left out unnoticed.
+        let KeyConfig {
+            hmac_secret,
+            hmac_previous_secret,
+            rsa_public_key,
+            ecdsa_public_key,
+            audience,
+            issuer,
+        } = self;
+        f.debug_struct("KeyConfig")
+            .field("hmac_secret", &redacted(hmac_secret))
+            .field("hmac_previous_secret", &redacted(hmac_previous_secret))
+            .field("rsa_public_key", rsa_public_key)
+            .field("ecdsa_public_key", ecdsa_public_key)
+            .field("audience", audience)
+            .field("issuer", issuer)
+            .finish()
+    }
 }
 
 impl KeyConfig {

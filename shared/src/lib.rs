@@ -11,6 +11,7 @@
 //! - [`api`]: the server HTTP API's requests, results and errors.
 //! - [`proxy`]: the requests the node sends to the application backend's proxy
 //!   endpoints, and their replies.
+//! - [`redact`]: the `Debug` marker for secrets; Redis URLs without their passwords.
 
 pub mod api;
 pub mod auth;
@@ -19,3 +20,4 @@ pub mod codes;
 pub mod envelope;
 pub mod protocol;
 pub mod proxy;
+pub mod redact;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-/// Settings of the Redis engine.
-#[derive(Debug, Clone)]
+/// Settings of the Redis engine. `Debug` shows the URL without its passwords.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`, `rediss://…`, or `redis+cluster://h1:p1,h2:p2`.
     pub url: String,
@@ -25,6 +25,32 @@ pub struct RedisConfig {
     /// How often pub/sub connections and the command connection are probed; a probe
     /// unanswered within `command_timeout` restarts the connection. Default 5s.
     pub probe_interval: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new field cannot be left out unnoticed.
+        let RedisConfig {
+            url,
+            prefix,
+            pubsub_shards,
+            workers,
+            worker_queue,
+            presence_ttl,
+            command_timeout,
+            probe_interval,
+        } = self;
+        f.debug_struct("RedisConfig")
+            .field("url", &shared::redact::redact_url(url))
+            .field("prefix", prefix)
+            .field("pubsub_shards", pubsub_shards)
+            .field("workers", workers)
+            .field("worker_queue", worker_queue)
+            .field("presence_ttl", presence_ttl)
+            .field("command_timeout", command_timeout)
+            .field("probe_interval", probe_interval)
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {

@@ -3,8 +3,9 @@
 //!
 //! Environment names are a public contract: `GATEWAY_LISTEN`,
 //! `GATEWAY_TOKEN_HMAC_SECRET`, `GATEWAY_API_KEY`, `GATEWAY_REDIS_URL`,
-//! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_ALLOWED_ORIGINS` (comma-separated),
-//! `GATEWAY_API_LISTEN`, `GATEWAY_ADMIN_LISTEN`. One file per section.
+//! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_LOG_FORMAT`, `GATEWAY_ALLOWED_ORIGINS`
+//! (comma-separated), `GATEWAY_API_LISTEN`, `GATEWAY_ADMIN_LISTEN`. One file per
+//! section; `Debug` (in `redact`) never shows a secret.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +22,9 @@ mod channel;
 mod client;
 mod error;
 mod http;
+mod log;
 mod proxy;
+mod redact;
 mod redis;
 
 pub use admin::AdminConfig;
@@ -31,11 +34,12 @@ pub use client::ClientConfig;
 use error::invalid;
 pub use error::ConfigError;
 pub use http::HttpConfig;
+pub use log::LogFormat;
 pub use proxy::ProxyConfig;
 pub use redis::RedisSection;
 
-/// Everything a gateway node is configured with.
-#[derive(Debug, Clone, Deserialize)]
+/// Everything a gateway node is configured with. `Debug` redacts the secrets.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the HTTP/WebSocket server binds. Default `127.0.0.1:8000`.
@@ -50,6 +54,8 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Tracing filter (`info`, `gateway=debug`, ...). Default `info`.
     pub log: String,
+    /// Log line format: `text` (the default) or `json` (one object per line).
+    pub log_format: String,
     /// Token verification keys.
     pub token: KeyConfig,
     /// Per-connection limits and timers.
@@ -83,6 +89,7 @@ impl Default for Config {
             redis_url: None,
             api_key: None,
             log: "info".into(),
+            log_format: "text".into(),
             token: KeyConfig::default(),
             client: ClientConfig::default(),
             channel: ChannelOptions::default(),
@@ -126,7 +133,16 @@ fn forbidden_in_channel(c: char) -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// On SIGTERM, how long clients get to go before the process exits. Default 25s.
+    /// On SIGTERM, readiness turns false at once and the node keeps accepting
+    /// clients this long, so load balancers stop sending new ones first. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub readiness_delay: Duration,
+    /// Then the listener closes and clients are told 3001 spread evenly over this
+    /// window, so the other nodes take them over gradually. Default 20s.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+    /// From SIGTERM, how long until the process exits even with clients left.
+    /// Must exceed `readiness_delay + drain_window`. Default 30s.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
 }
@@ -134,7 +150,9 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
-            grace_period: Duration::from_secs(25),
+            readiness_delay: Duration::from_secs(5),
+            drain_window: Duration::from_secs(20),
+            grace_period: Duration::from_secs(30),
         }
     }
 }
@@ -215,6 +233,9 @@ impl Config {
         if let Some(v) = var("GATEWAY_LOG") {
             self.log = v;
         }
+        if let Some(v) = var("GATEWAY_LOG_FORMAT") {
+            self.log_format = v;
+        }
         if let Some(v) = var("GATEWAY_ALLOWED_ORIGINS") {
             self.client.allowed_origins = v
                 .split(',')
@@ -222,6 +243,11 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
+    }
+
+    /// The configured [`LogFormat`]; an unknown `log_format` is an error naming it.
+    pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        LogFormat::parse(&self.log_format)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -235,6 +261,7 @@ impl Config {
         if self.node_name.is_empty() {
             return Err(invalid("node_name", "must not be empty"));
         }
+        self.log_format()?;
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
@@ -334,8 +361,12 @@ impl Config {
             }
             ns.validate(&format!("namespaces.{name}"), &self.proxy)?;
         }
-        if self.shutdown.grace_period.is_zero() {
-            return Err(invalid("shutdown.grace_period", "must be > 0"));
+        let s = &self.shutdown;
+        if s.grace_period <= s.readiness_delay + s.drain_window {
+            return Err(invalid(
+                "shutdown.grace_period",
+                "must exceed shutdown.readiness_delay + shutdown.drain_window",
+            ));
         }
         Ok(())
     }

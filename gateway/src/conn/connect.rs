@@ -204,6 +204,7 @@ impl Conn {
                 .subs
                 .insert(j.entry.channel.to_string(), std::mem::take(&mut j.result));
         }
+        tracing::debug!(client = %self.client, user = %creds.user, rooms = joined.len(), "client connected");
         {
             let mut s = self.session.lock();
             s.phase = Phase::Connected;

@@ -97,7 +97,7 @@ impl Conn {
             }
             Err(Failure::Disconnect(d)) => Err(d),
             Err(Failure::Close(close)) => {
-                tracing::debug!(client = %self.client, code = close.code, "closed by the backend");
+                tracing::debug!(client = %self.client, user = %self.user(), code = close.code, "closed by the backend");
                 self.out.close(close);
                 Ok(())
             }
@@ -160,6 +160,8 @@ impl Conn {
             let mut s = self.session.lock();
             (s.user.clone(), s.subs.drain().map(|(_, v)| v).collect())
         };
+        // Once per connection; `code` is absent when the socket failed first.
+        tracing::debug!(client = %self.client, user = %user, code = self.out.close_code(), rooms = subs.len(), "client disconnected");
         if !user.is_empty() {
             self.node.hub.remove_user(&user, &self.out);
         }

@@ -63,7 +63,7 @@ impl Conn {
         let params = match SubParams::from_api(cmd) {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(channel = %cmd.channel, error = %e, "bad server-side subscribe");
+                tracing::warn!(client = %self.client, channel = %cmd.channel, error = %e, "bad server-side subscribe");
                 return;
             }
         };
@@ -98,7 +98,7 @@ impl Conn {
         let info = match cmd.info() {
             Ok(i) => i,
             Err(e) => {
-                tracing::warn!(error = %e, "bad server-side refresh info");
+                tracing::warn!(client = %self.client, error = %e, "bad server-side refresh info");
                 None
             }
         };

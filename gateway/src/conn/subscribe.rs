@@ -409,7 +409,7 @@ impl Conn {
                 .publish_join(&j.entry.channel, &j.info)
                 .await
             {
-                tracing::warn!(channel = %j.entry.channel, error = %e, "join announcement failed");
+                tracing::warn!(client = %self.client, channel = %j.entry.channel, error = %e, "join announcement failed");
             }
         }
     }
@@ -438,12 +438,12 @@ impl Conn {
         let broker = &self.node.broker;
         if sub.presence {
             if let Err(e) = broker.presence_remove(channel, &sub.info).await {
-                tracing::warn!(%channel, error = %e, "presence remove failed");
+                tracing::warn!(client = %self.client, %channel, error = %e, "presence remove failed");
             }
         }
         if announce_leave && sub.join_leave {
             if let Err(e) = broker.publish_leave(channel, &sub.info).await {
-                tracing::warn!(%channel, error = %e, "leave announcement failed");
+                tracing::warn!(client = %self.client, %channel, error = %e, "leave announcement failed");
             }
         }
     }

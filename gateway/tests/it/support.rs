@@ -32,6 +32,9 @@ pub fn test_config() -> Config {
     c.token.hmac_secret = Some(SECRET.into());
     c.client.ping_interval = Duration::from_secs(60);
     c.client.pong_timeout = Duration::from_secs(10);
+    // Shut down at once; the drain's own tests set these.
+    c.shutdown.readiness_delay = Duration::ZERO;
+    c.shutdown.drain_window = Duration::ZERO;
     c
 }
 
@@ -137,11 +140,16 @@ impl TestGateway {
         format!("ws://{}/connection/websocket", self.addr)
     }
 
-    /// Trigger shutdown and wait for `run` to return.
-    pub async fn shutdown(&mut self) {
+    /// Trigger shutdown without waiting for it (as SIGTERM does).
+    pub fn signal_shutdown(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+    }
+
+    /// Trigger shutdown and wait for `run` to return.
+    pub async fn shutdown(&mut self) {
+        self.signal_shutdown();
         if let Some(t) = self.task.take() {
             tokio::time::timeout(WAIT * 3, t)
                 .await
