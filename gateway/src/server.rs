@@ -15,6 +15,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::API_PREFIX;
 use crate::metrics::{HubCounts, CONTENT_TYPE as METRICS_CONTENT_TYPE};
@@ -69,26 +71,36 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-/// As [`run`], on every listener of `listeners`; the API and admin listeners
-/// close when the node starts draining.
+/// As [`run`], on every listener of `listeners`. The API listener closes when the
+/// drain begins; the admin listener serves until this returns.
 pub async fn run_listeners(
     listeners: Listeners,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()>,
 ) {
+    // The admin listener and its connections live until this returns, so that
+    // the drain can be watched; its own tracker keeps them out of the drain's wait.
+    let admin_stop = CancellationToken::new();
+    let _stop_admin_if_dropped = admin_stop.clone().drop_guard();
+    let admin_tasks = TaskTracker::new();
     if let Some(admin) = listeners.admin {
-        let stop = node.shutdown.clone();
-        node.tasks.spawn(accept(
-            admin,
-            node.clone(),
-            Role::Admin,
-            stop.cancelled_owned(),
-        ));
+        let conns = Conns {
+            tasks: admin_tasks.clone(),
+            stop: admin_stop.clone(),
+        };
+        let stop = admin_stop.clone().cancelled_owned();
+        admin_tasks.spawn(accept(admin, node.clone(), Role::Admin, stop, conns));
     }
     let role = if let Some(api) = listeners.api {
         let stop = node.shutdown.clone();
-        node.tasks
-            .spawn(accept(api, node.clone(), Role::Api, stop.cancelled_owned()));
+        let api = accept(
+            api,
+            node.clone(),
+            Role::Api,
+            stop.cancelled_owned(),
+            Conns::of(&node),
+        );
+        node.tasks.spawn(api);
         Role::Clients
     } else {
         Role::ClientsAndApi
@@ -105,7 +117,8 @@ pub async fn run_listeners(
         );
         tokio::time::sleep(cfg.readiness_delay).await;
     };
-    accept(listeners.clients, node.clone(), role, signalled).await;
+    let conns = Conns::of(&node);
+    accept(listeners.clients, node.clone(), role, signalled, conns).await;
     let deadline =
         tokio::time::Instant::now() + cfg.grace_period.saturating_sub(cfg.readiness_delay);
     tracing::info!(
@@ -122,6 +135,28 @@ pub async fn run_listeners(
             remaining = node.metrics.connections.get(),
             "grace period over with connections still open"
         ),
+    }
+    admin_stop.cancel();
+    admin_tasks.close();
+    let _ = tokio::time::timeout(ADMIN_CLOSE_WAIT, admin_tasks.wait()).await;
+}
+
+/// How long the admin connections get to finish a request at the end.
+const ADMIN_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where a listener's HTTP connections are tracked, and what closes them.
+struct Conns {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Conns {
+    /// The node's: awaited by the drain, closed when it begins.
+    fn of(node: &Node) -> Conns {
+        Conns {
+            tasks: node.tasks.clone(),
+            stop: node.shutdown.clone(),
+        }
     }
 }
 
@@ -144,6 +179,7 @@ async fn accept(
     node: Arc<Node>,
     role: Role,
     stop: impl Future<Output = ()>,
+    conns: Conns,
 ) {
     tokio::pin!(stop);
     loop {
@@ -177,8 +213,8 @@ async fn accept(
             .header_read_timeout(node.config.http.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        let stop = node.shutdown.clone();
-        node.tasks.spawn(async move {
+        let stop = conns.stop.clone();
+        conns.tasks.spawn(async move {
             // Held while the HTTP side of the connection lives (until the upgrade).
             let _pending = pending;
             tokio::pin!(conn);

@@ -2,6 +2,7 @@
 //! traffic, parsed with a Prometheus parser; its health endpoints.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use fanout::testing::RedisServer;
 use prometheus_parse::{Scrape, Value as Sample};
@@ -9,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::support::{
-    eventually, http_get, http_post, http_request, token, ws_connect, Client, TestGateway,
+    eventually, http_get, http_post, http_request, token, ws_connect, Client, TestGateway, WAIT,
 };
 
 const KEY: &str = "metrics-api-key";
@@ -245,4 +246,43 @@ async fn no_redis_metrics_on_the_memory_engine() {
         .iter()
         .all(|s| !s.metric.starts_with("gateway_redis_")));
     assert!(!m.samples.is_empty());
+}
+
+/// The admin listener serves through the drain, so that it can be watched: the
+/// 3001 closes are counted as they happen, and it closes when the node is done.
+#[tokio::test]
+async fn metrics_are_served_during_the_drain() {
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let mut gw = TestGateway::with_admin_listener(admin, |c| {
+        c.shutdown.readiness_delay = Duration::from_millis(100);
+        c.shutdown.drain_window = Duration::from_secs(2);
+        c.shutdown.grace_period = Duration::from_secs(5);
+    })
+    .await;
+    let mut a = gw.client("a").await;
+    let mut b = gw.client("b").await;
+    gw.signal_shutdown();
+    // Of two clients, the first goes at once, the second halfway through the window.
+    let first = tokio::select! {
+        c = a.closed() => c,
+        c = b.closed() => c,
+    };
+    assert_eq!(first.0, 3001);
+    eventually("the first to end", || {
+        gw.node.metrics.connections.get() == 1
+    })
+    .await;
+    let m = scrape(admin_addr).await;
+    assert_eq!(value(&m, "gateway_connections", &[]), 1.0);
+    let shutdowns = value(&m, "gateway_disconnects_total", &[("code", "3001")]);
+    assert_eq!(shutdowns, 1.0);
+    assert_eq!(http_get(admin_addr, "/readyz").await.0, 503);
+    gw.shutdown().await;
+    assert_eq!(gw.node.metrics.connections.get(), 0);
+    let refused = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(admin_addr)).await;
+    assert!(
+        matches!(refused, Ok(Err(_))),
+        "the admin listener closed with the node"
+    );
 }
