@@ -19,7 +19,7 @@
 //! | `gateway_frames_written_total` | counter | `ws` |
 //! | `gateway_protocol_errors_total` | counter | `ws` (closes for a bad frame or command) |
 //! | `gateway_command_duration_seconds{command}` | histogram | `conn` (client commands) |
-//! | `gateway_broker_publish_duration_seconds` | histogram | `node` (every publish through the broker) |
+//! | `gateway_broker_publish_duration_seconds` | histogram | `node` (`Node::publish`: every publish through the broker) |
 //! | `gateway_redis_command_errors_total`, `gateway_redis_pubsub_reconnects_total`, `gateway_redis_gap_repairs_total`, `gateway_redis_dropped_messages_total` | counters | read from the broker at scrape ([`fanout::BrokerStats`]; Redis engine only) |
 //! | `gateway_redis_presence_refresh_duration_seconds` | summary (sum, count) | as above |
 
@@ -62,6 +62,11 @@ const CMD_NAMES: [&str; 10] = [
     "refresh", "sub_refresh", "rpc",
 ];
 
+/// Where a publication comes from (`gateway_publications_total{source}`).
+#[rustfmt::skip]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source { Client, Api }
+
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -75,7 +80,7 @@ pub struct HubCounts {
     pub users: usize,
 }
 
-/// What a node counts. Every field is a handle into [`Metrics::registry`]; an
+/// What a node counts. Every field is a handle into the node's registry; an
 /// increment is one relaxed atomic operation.
 pub struct Metrics {
     registry: Registry,
@@ -89,8 +94,8 @@ pub struct Metrics {
     subscriptions: IntGauge,
     rooms: IntGauge,
     users: IntGauge,
-    pub(crate) publications_client: IntCounter,
-    pub(crate) publications_api: IntCounter,
+    publications_client: IntCounter,
+    publications_api: IntCounter,
     pub(crate) broker_publications: IntCounter,
     /// Messages enqueued to client mailboxes by the hub (one per recipient).
     pub deliveries: IntCounter,
@@ -102,7 +107,7 @@ pub struct Metrics {
     pub(crate) frames_written: IntCounter,
     pub(crate) protocol_errors: IntCounter,
     commands: Vec<Histogram>,
-    pub(crate) broker_publish_duration: Histogram,
+    broker_publish_duration: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -179,6 +184,19 @@ impl Metrics {
         }
     }
 
+    /// Record a publish through the broker begun at `start`, and count it by
+    /// `source` if the broker `accepted` it.
+    pub(crate) fn published(&self, source: Source, start: Instant, accepted: bool) {
+        self.broker_publish_duration
+            .observe(start.elapsed().as_secs_f64());
+        if accepted {
+            match source {
+                Source::Client => self.publications_client.inc(),
+                Source::Api => self.publications_api.inc(),
+            }
+        }
+    }
+
     /// Record the time a client command took since `start`.
     pub(crate) fn command(&self, cmd: Cmd, start: Instant) {
         self.commands[cmd as usize].observe(start.elapsed().as_secs_f64());
@@ -200,11 +218,6 @@ impl Metrics {
         if let Err(e) = self.registry.register(Box::new(collector)) {
             tracing::warn!(error = %e, "broker metrics not exported");
         }
-    }
-
-    /// The registry holding every metric of this node.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 
     /// Everything in the text exposition format ([`CONTENT_TYPE`]), with the hub's
@@ -272,30 +285,34 @@ impl Collector for BrokerCollector {
         let Some(s) = self.broker.stats() else {
             return Vec::new();
         };
-        let counters = [s.command_errors, s.pubsub_reconnects, s.gap_repairs];
-        let mut metrics: Vec<proto::Metric> = counters
+        let counters = [
+            s.command_errors,
+            s.pubsub_reconnects,
+            s.gap_repairs,
+            s.dropped_messages,
+        ];
+        let mut metrics: Vec<(MetricType, proto::Metric)> = counters
             .into_iter()
-            .chain([s.dropped_messages])
             .map(|v| {
                 let mut c = proto::Counter::default();
                 c.set_value(v as f64);
                 let mut m = proto::Metric::default();
                 m.set_counter(c);
-                m
+                (MetricType::COUNTER, m)
             })
             .collect();
         let mut summary = proto::Summary::default();
         summary.set_sample_count(s.presence_refreshes);
         summary.set_sample_sum(s.presence_refresh_seconds);
-        metrics.push(proto::Metric::default());
-        metrics[4].set_summary(summary);
-        let kinds = [MetricType::COUNTER, MetricType::SUMMARY];
-        (metrics.into_iter().zip(&self.descs).enumerate())
-            .map(|(i, (metric, desc))| {
+        let mut refresh = proto::Metric::default();
+        refresh.set_summary(summary);
+        metrics.push((MetricType::SUMMARY, refresh));
+        (metrics.into_iter().zip(&self.descs))
+            .map(|((kind, metric), desc)| {
                 let mut f = MetricFamily::default();
                 f.set_name(desc.fq_name.clone());
                 f.set_help(desc.help.clone());
-                f.set_field_type(kinds[usize::from(i == 4)]);
+                f.set_field_type(kind);
                 f.set_metric(vec![metric]);
                 f
             })

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ChannelOptions, Config, ConfigError};
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Source};
 use crate::proxy::Proxy;
 use crate::survey::{glob_match, Query, Surveys};
 
@@ -153,26 +153,17 @@ impl Node {
 }
 
 impl Node {
-    /// Publish through the broker, timed and counted (`api`: from the server API,
-    /// else from a client).
+    /// Publish through the broker, timed, and counted by `source` once accepted.
     pub(crate) async fn publish(
         &self,
         room: &str,
         publication: Publication,
         history: Option<HistoryOptions>,
-        api: bool,
+        source: Source,
     ) -> Result<StreamPosition, fanout::BrokerError> {
         let start = Instant::now();
         let res = self.broker.publish(room, publication, history).await;
-        let m = &self.metrics;
-        m.broker_publish_duration
-            .observe(start.elapsed().as_secs_f64());
-        if res.is_ok() {
-            match api {
-                true => m.publications_api.inc(),
-                false => m.publications_client.inc(),
-            }
-        }
+        self.metrics.published(source, start, res.is_ok());
         res
     }
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::recovery::{fitting, reply_bytes};
 use super::session::{allowed, backend_payload, internal, proxy_failed, Conn, Outcome};
+use crate::metrics::Source;
 use crate::node::HistoryError;
 use crate::proxy::Kind;
 
@@ -59,7 +60,7 @@ impl Conn {
             publication.tags = r.tags;
         }
         self.node
-            .publish(&req.channel, publication, history, false)
+            .publish(&req.channel, publication, history, Source::Client)
             .await
             .map_err(internal)?;
         Ok(ReplyBody::Publish(EmptyResult {}))
