@@ -58,7 +58,8 @@ pub struct ClusterOptions {
 /// Bound on Redis answering PING, and separately on every node's `/readyz`
 /// answering 200.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The nodes' `shutdown.grace_period`: the scenario's clients are gone by then.
+/// The nodes' `shutdown.grace_period`: the scenario's clients are gone by then, so
+/// the nodes stop at once (no readiness delay, no drain window).
 const GATEWAY_GRACE: &str = "5s";
 /// Bound on a process exiting after SIGTERM before it is killed (SIGKILL); above
 /// the grace period.
@@ -222,7 +223,7 @@ impl Cluster {
             false => None,
         };
         let mut toml = format!(
-            "# Written by `loadtest cluster`.\n[client]\npublish_rate_per_sec = 0\n\n[shutdown]\ngrace_period = \"{GATEWAY_GRACE}\"\n"
+            "# Written by `loadtest cluster`.\n[client]\npublish_rate_per_sec = 0\n\n[shutdown]\nreadiness_delay = \"0s\"\ndrain_window = \"0s\"\ngrace_period = \"{GATEWAY_GRACE}\"\n"
         );
         if let Some(b) = &backend {
             toml.push_str(&format!(
