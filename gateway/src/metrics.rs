@@ -22,6 +22,8 @@
 //! | `gateway_broker_publish_duration_seconds` | histogram | `node` (`Node::publish`: every publish through the broker) |
 //! | `gateway_redis_command_errors_total`, `gateway_redis_pubsub_reconnects_total`, `gateway_redis_gap_repairs_total`, `gateway_redis_dropped_messages_total` | counters | read from the broker at scrape ([`fanout::BrokerStats`]; Redis engine only) |
 //! | `gateway_redis_presence_refresh_duration_seconds` | summary (sum, count) | as above |
+//! | `gateway_proxy_calls_total{kind, result}` | counter | `proxy` (each call to the backend: `ok`, or why it failed) |
+//! | `gateway_proxy_duration_seconds{kind}` | histogram | `proxy` (every call, whatever its result) |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -108,6 +110,8 @@ pub struct Metrics {
     pub(crate) protocol_errors: IntCounter,
     commands: Vec<Histogram>,
     broker_publish_duration: Histogram,
+    proxy_calls: IntCounterVec,
+    proxy_duration: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -172,6 +176,10 @@ impl Metrics {
                 "Connections closed for a malformed frame or command"),
             commands: CMD_NAMES.iter().map(|c| commands.with_label_values(&[*c])).collect(),
             broker_publish_duration: broker_publish_duration.with_label_values(&[] as &[&str]),
+            proxy_calls: counter_vec(r, "gateway_proxy_calls_total",
+                "Calls to the application backend, by kind and result: ok, or busy, timeout, request, status, body, decode", &["kind", "result"]),
+            proxy_duration: histogram(r, "gateway_proxy_duration_seconds",
+                "Time of a call to the application backend, by kind, whatever its result", &["kind"]),
             registry,
         }
     }
@@ -195,6 +203,15 @@ impl Metrics {
                 Source::Api => self.publications_api.inc(),
             }
         }
+    }
+
+    /// Record a call to the backend's `kind` proxy begun at `start`, ending in
+    /// `result` (`ok` or the failure's kind).
+    pub(crate) fn proxy_called(&self, kind: &str, result: &str, start: Instant) {
+        self.proxy_calls.with_label_values(&[kind, result]).inc();
+        self.proxy_duration
+            .with_label_values(&[kind])
+            .observe(start.elapsed().as_secs_f64());
     }
 
     /// Record the time a client command took since `start`.

@@ -77,7 +77,7 @@ impl Node {
         let surveys = Arc::new(surveys);
         let hub = Arc::new(Hub::new(metrics.clone(), surveys.clone()));
         broker.set_handler(hub.clone());
-        let proxy = Proxy::new(&config.proxy);
+        let proxy = Proxy::new(&config.proxy, metrics.clone());
         let node = Arc::new(Node {
             config,
             broker,

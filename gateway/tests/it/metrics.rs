@@ -9,6 +9,7 @@ use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::backend::{Backend, Mode};
 use crate::support::{
     eventually, http_get, http_post, http_request, token, ws_connect, Client, TestGateway, WAIT,
 };
@@ -285,4 +286,38 @@ async fn metrics_are_served_during_the_drain() {
         matches!(refused, Ok(Err(_))),
         "the admin listener closed with the node"
     );
+}
+
+/// Calls to the backend are counted by kind and result, and timed.
+#[tokio::test]
+async fn proxy_calls_are_counted_by_kind_and_result() {
+    let backend = Backend::start().await;
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let gw = TestGateway::with_admin_listener(admin, |c| {
+        c.proxy.connect_url = Some(backend.url("connect"));
+        c.proxy.timeout = Duration::from_millis(200);
+    })
+    .await;
+    let connect = |cookie: &'static str| async move {
+        let mut c = Client::from_ws(ws_connect(gw.addr, &[("Cookie", cookie)]).await.unwrap());
+        c.call("connect", json!({})).await
+    };
+    let r = connect("session=alice").await;
+    assert!(r.get("connect").is_some(), "{r}");
+    backend.set_mode(Mode::Failing);
+    let r = connect("session=bob").await;
+    assert_eq!(r["error"]["code"], json!(100), "{r}");
+    backend.set_mode(Mode::Slow(Duration::from_millis(600)));
+    let r = connect("session=carol").await;
+    assert_eq!(r["error"]["code"], json!(100), "{r}");
+
+    let m = scrape(admin_addr).await;
+    let calls = "gateway_proxy_calls_total";
+    for (result, n) in [("ok", 1.0), ("status", 1.0), ("timeout", 1.0)] {
+        let labels = [("kind", "connect"), ("result", result)];
+        assert_eq!(value(&m, calls, &labels), n, "{result}");
+    }
+    let timed = "gateway_proxy_duration_seconds_count";
+    assert_eq!(value(&m, timed, &[("kind", "connect")]), 3.0);
 }
