@@ -121,6 +121,24 @@ impl NodeRegistry {
     }
 }
 
+/// Counts of an engine's work with its backing store since start, read when a
+/// node's metrics are scraped.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BrokerStats {
+    /// Commands that failed (after their one retry).
+    pub command_errors: u64,
+    /// Pub/sub connections re-established after a loss.
+    pub pubsub_reconnects: u64,
+    /// Gaps in a room's publications filled from its stream.
+    pub gap_repairs: u64,
+    /// Messages dropped because a delivery worker's queue was full (each repaired
+    /// or reported lost).
+    pub dropped_messages: u64,
+    /// Rounds of presence refresh, and the seconds they took in all.
+    pub presence_refreshes: u64,
+    pub presence_refresh_seconds: f64,
+}
+
 /// What a node needs from the system that connects it to its peers.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -130,6 +148,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the engine can currently reach its backing store (readiness).
     fn is_healthy(&self) -> bool {
         true
+    }
+
+    /// Counts of the engine's work with its backing store; `None` when it has none
+    /// (the in-memory engine).
+    fn stats(&self) -> Option<BrokerStats> {
+        None
     }
 
     /// Start receiving `room`'s events on this node. Idempotent: resolves once the

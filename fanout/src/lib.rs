@@ -17,7 +17,8 @@ mod redis;
 pub mod testing;
 
 pub use broker::{
-    Broker, BrokerError, BrokerHandler, HistoryOptions, HistoryPage, HistoryQuery, PresenceStats,
+    Broker, BrokerError, BrokerHandler, BrokerStats, HistoryOptions, HistoryPage, HistoryQuery,
+    PresenceStats,
 };
 pub use memory::MemoryBroker;
 pub use redis::{RedisBroker, RedisConfig};

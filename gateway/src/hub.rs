@@ -137,8 +137,9 @@ impl Subscriber {
             if s.pending_bytes > self.out.max_bytes() {
                 s.broken = true;
                 s.pending = Vec::new();
+                let dropped = std::mem::take(&mut s.pending_bytes);
                 drop(s);
-                self.out.close_slow();
+                self.out.close_slow(dropped);
                 return;
             }
             s.pending.push((offset, epoch.into(), bytes.clone()));
@@ -371,7 +372,7 @@ impl Hub {
 
 impl BrokerHandler for Hub {
     fn on_publication(&self, room: &str, publication: &Arc<Publication>, epoch: &str) {
-        self.metrics.publications_received.inc();
+        self.metrics.broker_publications.inc();
         let Some(subs) = self.snapshot(room) else {
             return;
         };
@@ -379,7 +380,7 @@ impl BrokerHandler for Hub {
         for s in subs.iter() {
             s.deliver(publication.offset, epoch, &bytes);
         }
-        self.metrics.deliveries.add(subs.len() as u64);
+        self.metrics.deliveries.inc_by(subs.len() as u64);
     }
 
     fn on_join(&self, room: &str, info: &ClientInfo) {

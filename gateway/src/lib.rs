@@ -15,7 +15,7 @@
 //! - `survey`: channel surveys across nodes (for the `channels` API).
 //! - `outbound`: a connection's mailbox, its bounded outbound queue.
 //! - [`config`]: the node's configuration (TOML file, environment overrides).
-//! - `metrics`: node counters.
+//! - `metrics`: the node's Prometheus metrics (served on the admin listener).
 
 mod api;
 pub mod config;
@@ -35,6 +35,6 @@ mod ws;
 
 pub use config::Config;
 pub use hub::Hub;
-pub use metrics::{Counter, Gauge, Metrics};
+pub use metrics::{HubCounts, Metrics};
 pub use node::{Node, NodeError};
-pub use server::{run, run_with, WEBSOCKET_PATH};
+pub use server::{run, run_listeners, run_with, Listeners, WEBSOCKET_PATH};

@@ -116,6 +116,10 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let admin = match config.admin.listen_addr()? {
+            Some(a) => Some(bind(a).with_context(|| format!("bind admin.listen {a}"))?),
+            None => None,
+        };
         let broker: Arc<dyn fanout::Broker> = match config.redis_config() {
             Some(rc) => {
                 // Never log credentials.
@@ -138,6 +142,10 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
             (Some(_), Some(l)) => tracing::info!("server API on http://{}/api", l.local_addr()?),
             (Some(_), None) => tracing::info!("server API on http://{local}/api"),
         }
+        match &admin {
+            Some(l) => tracing::info!("metrics on http://{}/metrics", l.local_addr()?),
+            None => tracing::info!("admin listener off (admin.listen is empty)"),
+        }
         if let Some(secret) = generated {
             tracing::warn!(
                 "no token key configured: generated a random HMAC secret for this run. \
@@ -154,7 +162,12 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
             );
             tracing::info!("connection token for user \"demo\" (24h): {demo}");
         }
-        gateway::run_with(listener, api, node, shutdown_signal()).await;
+        let listeners = gateway::Listeners {
+            clients: listener,
+            api,
+            admin,
+        };
+        gateway::run_listeners(listeners, node, shutdown_signal()).await;
         Ok(())
     })
 }

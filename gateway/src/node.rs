@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout::broker::{Control, NodeInfo};
-use fanout::{Broker, HistoryPage, HistoryQuery};
+use fanout::{Broker, HistoryOptions, HistoryPage, HistoryQuery};
 use shared::auth::Verifier;
-use shared::protocol::StreamPosition;
+use shared::protocol::{Publication, StreamPosition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ChannelOptions, Config, ConfigError};
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Source};
 use crate::proxy::Proxy;
 use crate::survey::{glob_match, Query, Surveys};
 
@@ -70,13 +70,14 @@ impl Node {
     pub fn new(config: Config, broker: Arc<dyn Broker>) -> Result<Arc<Node>, NodeError> {
         config.validate()?;
         let verifier = Verifier::new(&config.token)?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new());
+        metrics.watch_broker(broker.clone());
         let id = uuid::Uuid::new_v4().to_string();
         let (surveys, queries) = Surveys::new(id.clone());
         let surveys = Arc::new(surveys);
         let hub = Arc::new(Hub::new(metrics.clone(), surveys.clone()));
         broker.set_handler(hub.clone());
-        let proxy = Proxy::new(&config.proxy);
+        let proxy = Proxy::new(&config.proxy, metrics.clone());
         let node = Arc::new(Node {
             config,
             broker,
@@ -142,12 +143,28 @@ impl Node {
             name: self.config.node_name.clone(),
             version: VERSION.into(),
             uptime_secs: self.started.elapsed().as_secs(),
-            num_clients: self.metrics.connections.get(),
+            num_clients: self.metrics.connections.get().max(0) as u64,
             num_users: self.hub.num_users() as u64,
             num_subs: self.hub.num_subscriptions() as u64,
             num_rooms: self.hub.num_rooms() as u64,
             ttl_ms: (self.config.heartbeat_interval * 3).as_millis() as u64,
         }
+    }
+}
+
+impl Node {
+    /// Publish through the broker, timed, and counted by `source` once accepted.
+    pub(crate) async fn publish(
+        &self,
+        room: &str,
+        publication: Publication,
+        history: Option<HistoryOptions>,
+        source: Source,
+    ) -> Result<StreamPosition, fanout::BrokerError> {
+        let start = Instant::now();
+        let res = self.broker.publish(room, publication, history).await;
+        self.metrics.published(source, start, res.is_ok());
+        res
     }
 }
 

@@ -98,7 +98,7 @@ impl Outbound {
             }
             if s.bytes + bytes.len() > self.max_bytes {
                 drop(s);
-                self.close_slow();
+                self.close_slow(bytes.len());
                 return false;
             }
             s.bytes += bytes.len();
@@ -119,18 +119,20 @@ impl Outbound {
         self.max_bytes
     }
 
-    /// Close as a slow client (3008), dropping what is queued.
-    pub fn close_slow(&self) {
-        {
+    /// Close as a slow client (3008), dropping what is queued and the `refused`
+    /// bytes that did not fit.
+    pub fn close_slow(&self, refused: usize) {
+        let dropped = {
             let mut s = self.state.lock();
             if s.close.is_some() {
                 return;
             }
             s.close = Some(DISCONNECT_SLOW.into());
             s.items.clear();
-            s.bytes = 0;
-        }
+            std::mem::take(&mut s.bytes) + refused
+        };
         self.metrics.slow_disconnects.inc();
+        self.metrics.queue_dropped_bytes.inc_by(dropped as u64);
         self.notify.notify_one();
     }
 

@@ -1,6 +1,7 @@
 //! The HTTP server: WebSocket upgrades at `/connection/websocket`, health at
 //! `/healthz` and `/readyz`, the server API under `/api` (on the client listener
-//! or its own), and graceful shutdown.
+//! or its own), metrics at `/metrics` on the admin listener, and graceful
+//! shutdown.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -14,8 +15,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::API_PREFIX;
+use crate::metrics::{HubCounts, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::node::Node;
 
 /// The WebSocket endpoint, as in Centrifugo.
@@ -48,10 +52,55 @@ pub async fn run_with(
     node: Arc<Node>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let role = if let Some(api) = api {
+    let listeners = Listeners {
+        clients: listener,
+        api,
+        admin: None,
+    };
+    run_listeners(listeners, node, shutdown).await
+}
+
+/// What a node listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// WebSockets and health (and the API when it has no listener of its own).
+    pub clients: TcpListener,
+    /// The server API and health (`api.listen`).
+    pub api: Option<TcpListener>,
+    /// Metrics and health (`admin.listen`).
+    pub admin: Option<TcpListener>,
+}
+
+/// As [`run`], on every listener of `listeners`. The API listener closes when the
+/// drain begins; the admin listener serves until this returns.
+pub async fn run_listeners(
+    listeners: Listeners,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()>,
+) {
+    // The admin listener and its connections live until this returns, so that
+    // the drain can be watched; its own tracker keeps them out of the drain's wait.
+    let admin_stop = CancellationToken::new();
+    let _stop_admin_if_dropped = admin_stop.clone().drop_guard();
+    let admin_tasks = TaskTracker::new();
+    if let Some(admin) = listeners.admin {
+        let conns = Conns {
+            tasks: admin_tasks.clone(),
+            stop: admin_stop.clone(),
+        };
+        let stop = admin_stop.clone().cancelled_owned();
+        admin_tasks.spawn(accept(admin, node.clone(), Role::Admin, stop, conns));
+    }
+    let role = if let Some(api) = listeners.api {
         let stop = node.shutdown.clone();
-        node.tasks
-            .spawn(accept(api, node.clone(), Role::Api, stop.cancelled_owned()));
+        let api = accept(
+            api,
+            node.clone(),
+            Role::Api,
+            stop.cancelled_owned(),
+            Conns::of(&node),
+        );
+        node.tasks.spawn(api);
         Role::Clients
     } else {
         Role::ClientsAndApi
@@ -68,7 +117,8 @@ pub async fn run_with(
         );
         tokio::time::sleep(cfg.readiness_delay).await;
     };
-    accept(listener, node.clone(), role, signalled).await;
+    let conns = Conns::of(&node);
+    accept(listeners.clients, node.clone(), role, signalled, conns).await;
     let deadline =
         tokio::time::Instant::now() + cfg.grace_period.saturating_sub(cfg.readiness_delay);
     tracing::info!(
@@ -86,6 +136,28 @@ pub async fn run_with(
             "grace period over with connections still open"
         ),
     }
+    admin_stop.cancel();
+    admin_tasks.close();
+    let _ = tokio::time::timeout(ADMIN_CLOSE_WAIT, admin_tasks.wait()).await;
+}
+
+/// How long the admin connections get to finish a request at the end.
+const ADMIN_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where a listener's HTTP connections are tracked, and what closes them.
+struct Conns {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Conns {
+    /// The node's: awaited by the drain, closed when it begins.
+    fn of(node: &Node) -> Conns {
+        Conns {
+            tasks: node.tasks.clone(),
+            stop: node.shutdown.clone(),
+        }
+    }
 }
 
 /// What one listener serves.
@@ -97,6 +169,8 @@ enum Role {
     ClientsAndApi,
     /// The API and health.
     Api,
+    /// Metrics and health.
+    Admin,
 }
 
 /// Accept HTTP connections on `listener` until `stop` resolves.
@@ -105,6 +179,7 @@ async fn accept(
     node: Arc<Node>,
     role: Role,
     stop: impl Future<Output = ()>,
+    conns: Conns,
 ) {
     tokio::pin!(stop);
     loop {
@@ -138,8 +213,8 @@ async fn accept(
             .header_read_timeout(node.config.http.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        let stop = node.shutdown.clone();
-        node.tasks.spawn(async move {
+        let stop = conns.stop.clone();
+        conns.tasks.spawn(async move {
             // Held while the HTTP side of the connection lives (until the upgrade).
             let _pending = pending;
             tokio::pin!(conn);
@@ -193,11 +268,14 @@ fn is_api_path(path: &str) -> bool {
 
 async fn route(node: Arc<Node>, role: Role, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if role != Role::Clients && is_api_path(path) {
+    if matches!(role, Role::ClientsAndApi | Role::Api) && is_api_path(path) {
         return crate::api::handle(node, req).await;
     }
     match (req.method(), path) {
-        (&Method::GET, WEBSOCKET_PATH) if role != Role::Api => upgrade(node, req),
+        (&Method::GET, WEBSOCKET_PATH) if matches!(role, Role::Clients | Role::ClientsAndApi) => {
+            upgrade(node, req)
+        }
+        (&Method::GET, "/metrics") if role == Role::Admin => metrics(&node),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
@@ -208,6 +286,20 @@ async fn route(node: Arc<Node>, role: Role, req: Request<Incoming>) -> Response<
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The node's metrics in the Prometheus text format.
+fn metrics(node: &Node) -> Response<Body> {
+    let hub = HubCounts {
+        subscriptions: node.hub.num_subscriptions(),
+        rooms: node.hub.num_rooms(),
+        users: node.hub.num_users(),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", METRICS_CONTENT_TYPE)
+        .body(Full::new(Bytes::from(node.metrics.render(hub))))
+        .expect("bug: static response")
 }
 
 /// Whether the request's Origin (if any) is allowed.
@@ -254,8 +346,8 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             "only the JSON protocol (centrifuge-json) is served\n",
         );
     }
-    if node.metrics.connections.get() as usize >= node.config.client.max_connections {
-        node.metrics.connections_refused.inc();
+    if node.metrics.connections.get().max(0) as usize >= node.config.client.max_connections {
+        node.metrics.connects_refused.inc();
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "connection limit reached\n",

@@ -19,6 +19,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::conn::Conn;
 use crate::frame::{FrameReader, Message, ReadError};
+use crate::metrics::CLOSE_ABNORMAL;
 use crate::node::Node;
 use crate::outbound::Item;
 use crate::proxy::Headers;
@@ -57,7 +58,6 @@ struct TeardownGuard(Option<Arc<Conn>>);
 impl TeardownGuard {
     fn new(conn: Arc<Conn>) -> Self {
         conn.node.metrics.connections.inc();
-        conn.node.metrics.connections_total.inc();
         TeardownGuard(Some(conn))
     }
 
@@ -130,7 +130,8 @@ where
     let node = &conn.node;
     let shutdown = async {
         node.shutdown.cancelled().await;
-        tokio::time::sleep(node.drain_delay()).await;
+        // Boxed: a timer inline would cost every idle connection 64 bytes.
+        Box::pin(tokio::time::sleep(node.drain_delay())).await;
     };
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
@@ -151,7 +152,7 @@ where
             if !parts.is_empty() {
                 let flushed = Box::pin(write_parts(conn, tx, &mut parts, &mut buf, sleep.as_mut()));
                 if flushed.await.is_err() {
-                    return;
+                    return abandoned(conn);
                 }
             }
             match control {
@@ -162,7 +163,7 @@ where
                         .await
                         .is_err()
                     {
-                        return;
+                        return abandoned(conn);
                     }
                 }
                 Some(Item::Data(_)) => {} // collected above
@@ -172,6 +173,7 @@ where
             }
         }
         if let Some(code) = drained.close {
+            conn.node.metrics.disconnected(code.code);
             let reason = truncate_reason(&code.reason);
             let close = Frame::close(code.code, reason.as_bytes());
             if Box::pin(write(conn, tx, close, sleep.as_mut()))
@@ -205,6 +207,11 @@ where
             }
         }
     }
+}
+
+/// Count a connection whose socket failed before a close frame could be sent.
+fn abandoned(conn: &Conn) {
+    conn.node.metrics.disconnected(CLOSE_ABNORMAL);
 }
 
 /// Act on what one read returned; returns how the stream is to be read from now on.

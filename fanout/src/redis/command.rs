@@ -2,7 +2,7 @@
 //! or cluster), the retry-once policy, the health flag and its probe, reconnect
 //! backoff, and the history read that publishing nodes and repairs share.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,6 +182,8 @@ pub(super) struct Commands {
     cmd: Mutex<CmdConn>,
     /// Whether the last command or probe reached Redis.
     ok: AtomicBool,
+    /// Commands that failed, since start.
+    errors: AtomicU64,
     pub(super) keys: Keys,
     pub(super) scripts: Scripts,
 }
@@ -197,6 +199,7 @@ impl Commands {
             timeout: cfg.command_timeout,
             cmd: Mutex::new(cmd),
             ok: AtomicBool::new(true),
+            errors: AtomicU64::new(0),
             keys: Keys::new(cfg.prefix.clone()),
             scripts: Scripts::new(),
         }))
@@ -286,6 +289,11 @@ impl Commands {
         .await
     }
 
+    /// Commands that failed since start.
+    pub(super) fn error_count(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
     /// Update the health flag from a command's result.
     fn record_health<T>(&self, r: Result<T, redis::RedisError>) -> Result<T, BrokerError> {
         match r {
@@ -294,6 +302,7 @@ impl Commands {
                 Ok(v)
             }
             Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
                 if e.is_io_error()
                     || e.is_timeout()
                     || e.is_connection_dropped()

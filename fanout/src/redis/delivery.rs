@@ -81,6 +81,8 @@ pub(super) struct Delivery {
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     registry: NodeRegistry,
     dropped: AtomicU64,
+    /// Gaps filled from the stream.
+    repairs: AtomicU64,
     stop: CancellationToken,
 }
 
@@ -110,6 +112,7 @@ impl Delivery {
             handler: OnceLock::new(),
             registry: NodeRegistry::default(),
             dropped: AtomicU64::new(0),
+            repairs: AtomicU64::new(0),
             stop,
         });
         for (i, rx) in worker_rx.into_iter().enumerate() {
@@ -135,6 +138,11 @@ impl Delivery {
     /// Messages dropped because a worker queue was full.
     pub(super) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Gaps filled from the stream.
+    pub(super) fn repairs(&self) -> u64 {
+        self.repairs.load(Ordering::Relaxed)
     }
 
     fn worker(&self, room: &str) -> &Worker {
@@ -298,6 +306,7 @@ impl Delivery {
             handler.on_publication(room, p, epoch);
         }
         advance(positions, room, upto, epoch);
+        self.repairs.fetch_add(1, Ordering::Relaxed);
         true
     }
 

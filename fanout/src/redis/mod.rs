@@ -51,8 +51,8 @@ use self::presence::Presence;
 use self::pubsub::Subscriptions;
 use crate::broker::new_epoch;
 use crate::broker::{
-    Broker, BrokerError, BrokerHandler, ClientInfo, Control, HistoryOptions, HistoryPage,
-    HistoryQuery, NodeInfo, PresenceStats, Publication, StreamPosition,
+    Broker, BrokerError, BrokerHandler, BrokerStats, ClientInfo, Control, HistoryOptions,
+    HistoryPage, HistoryQuery, NodeInfo, PresenceStats, Publication, StreamPosition,
 };
 
 /// Position keep-alives in flight at once, pipelined on the command connection.
@@ -173,6 +173,18 @@ impl Broker for RedisBroker {
 
     fn is_healthy(&self) -> bool {
         self.commands.is_healthy() && self.subscriptions.all_connected()
+    }
+
+    fn stats(&self) -> Option<BrokerStats> {
+        let (presence_refreshes, presence_refresh_seconds) = self.presence.refresh_stats();
+        Some(BrokerStats {
+            command_errors: self.commands.error_count(),
+            pubsub_reconnects: self.subscriptions.reconnect_count(),
+            gap_repairs: self.delivery.repairs(),
+            dropped_messages: self.delivery.dropped(),
+            presence_refreshes,
+            presence_refresh_seconds,
+        })
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {

@@ -8,6 +8,7 @@ use shared::api::{
 use shared::protocol::{Publication, Raw, Tags};
 
 use super::channel::{internal, resolve};
+use crate::metrics::Source;
 use crate::node::Node;
 
 pub(crate) async fn publish(node: &Node, req: PublishRequest) -> ApiResult<PublishResult> {
@@ -38,8 +39,7 @@ async fn publish_one(
         tags,
     };
     let position = node
-        .broker
-        .publish(channel, publication, history)
+        .publish(channel, publication, history, Source::Api)
         .await
         .map_err(internal)?;
     Ok(PublishResult {

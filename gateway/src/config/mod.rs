@@ -4,8 +4,8 @@
 //! Environment names are a public contract: `GATEWAY_LISTEN`,
 //! `GATEWAY_TOKEN_HMAC_SECRET`, `GATEWAY_API_KEY`, `GATEWAY_REDIS_URL`,
 //! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_LOG_FORMAT`, `GATEWAY_ALLOWED_ORIGINS`
-//! (comma-separated), `GATEWAY_API_LISTEN`. One file per section; `Debug` (in
-//! `redact`) never shows a secret.
+//! (comma-separated), `GATEWAY_API_LISTEN`, `GATEWAY_ADMIN_LISTEN`. One file per
+//! section; `Debug` (in `redact`) never shows a secret.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use shared::auth::KeyConfig;
 use shared::channel::ChannelName;
 
+mod admin;
 mod api;
 mod channel;
 mod client;
@@ -26,6 +27,7 @@ mod proxy;
 mod redact;
 mod redis;
 
+pub use admin::AdminConfig;
 pub use api::ApiConfig;
 pub use channel::ChannelOptions;
 pub use client::ClientConfig;
@@ -75,6 +77,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Calls to the application backend.
     pub proxy: ProxyConfig,
+    /// The admin listener (metrics, health).
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -96,6 +100,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             api: ApiConfig::default(),
             proxy: ProxyConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -215,6 +220,9 @@ impl Config {
         }
         if let Some(v) = var("GATEWAY_API_LISTEN") {
             self.api.listen = Some(v).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = var("GATEWAY_ADMIN_LISTEN") {
+            self.admin.listen = v;
         }
         if let Some(v) = var("GATEWAY_REDIS_URL") {
             self.redis_url = Some(v).filter(|s| !s.is_empty());
@@ -341,6 +349,7 @@ impl Config {
         }
         self.http.validate()?;
         self.api.validate()?;
+        self.admin.listen_addr()?;
         self.proxy.validate()?;
         self.channel.validate("channel", &self.proxy)?;
         for (name, ns) in &self.namespaces {
@@ -412,6 +421,10 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert_eq!(c.listen, "127.0.0.1:8000");
+        assert_eq!(
+            c.admin.listen_addr().unwrap(),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
         assert_eq!(c.channel.history_size, 100);
         assert_eq!(c.channel.history_ttl, Duration::from_secs(300));
         assert!(c.channel.presence && c.channel.allow_publish && c.channel.allow_subscribe);
@@ -434,11 +447,17 @@ mod tests {
         .unwrap();
         c.apply_env(|k| match k {
             "GATEWAY_LISTEN" => Some("127.0.0.1:9100".to_string()),
+            "GATEWAY_ADMIN_LISTEN" => Some(String::new()),
             "GATEWAY_ALLOWED_ORIGINS" => Some("https://a.example, https://b.example".to_string()),
             _ => None,
         });
         c.validate().unwrap();
         assert_eq!(c.listen, "127.0.0.1:9100");
+        assert_eq!(
+            c.admin.listen_addr().unwrap(),
+            None,
+            "empty: no admin listener"
+        );
         assert_eq!(
             c.client.allowed_origins,
             vec!["https://a.example", "https://b.example"]

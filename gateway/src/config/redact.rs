@@ -25,6 +25,7 @@ impl std::fmt::Debug for Config {
             http,
             api,
             proxy,
+            admin,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -43,6 +44,7 @@ impl std::fmt::Debug for Config {
             .field("http", http)
             .field("api", api)
             .field("proxy", proxy)
+            .field("admin", admin)
             .finish()
     }
 }

@@ -24,6 +24,7 @@ mod session;
 mod subscribe;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use shared::codes::{
@@ -32,6 +33,7 @@ use shared::codes::{
 };
 use shared::protocol::{self, Command, ReplyBody, Request};
 
+use crate::metrics::Cmd;
 pub(crate) use session::Conn;
 use session::{Failure, Outcome, Phase, Sub};
 
@@ -59,7 +61,17 @@ impl Conn {
         let phase = self.session.lock().phase;
         let request = cmd.request();
         let outcome = match (phase, request) {
-            (Phase::Connecting, Some(Request::Connect(r))) if id > 0 => self.connect(id, r).await,
+            (Phase::Connecting, Some(Request::Connect(r))) if id > 0 => {
+                let start = Instant::now();
+                let outcome = self.connect(id, r).await;
+                let m = &self.node.metrics;
+                m.command(Cmd::Connect, start);
+                match outcome {
+                    Ok(()) => m.connects_ok.inc(),
+                    Err(_) => m.connects_error.inc(),
+                }
+                outcome
+            }
             (Phase::Connected, Some(Request::Send(_))) => Err(DISCONNECT_NOT_AVAILABLE.into()),
             // Id 0 without `send` is a pong, whatever else the command holds.
             (Phase::Connected, _) if id == 0 => self.pong(),
@@ -93,6 +105,27 @@ impl Conn {
     }
 
     async fn dispatch(&self, id: u32, request: Request) -> Outcome<()> {
+        let start = Instant::now();
+        let cmd = match &request {
+            Request::Subscribe(_) => Cmd::Subscribe,
+            Request::Unsubscribe(_) => Cmd::Unsubscribe,
+            Request::Publish(_) => Cmd::Publish,
+            Request::Presence(_) => Cmd::Presence,
+            Request::PresenceStats(_) => Cmd::PresenceStats,
+            Request::History(_) => Cmd::History,
+            Request::Refresh(_) => Cmd::Refresh,
+            Request::SubRefresh(_) => Cmd::SubRefresh,
+            Request::Rpc(_) => Cmd::Rpc,
+            Request::Connect(_) | Request::Ping | Request::Send(_) => {
+                return Err(DISCONNECT_BAD_REQUEST.into())
+            }
+        };
+        let outcome = self.run(id, request).await;
+        self.node.metrics.command(cmd, start);
+        outcome
+    }
+
+    async fn run(&self, id: u32, request: Request) -> Outcome<()> {
         let body = match request {
             Request::Subscribe(r) => return self.subscribe(id, r).await,
             Request::Unsubscribe(r) => self.unsubscribe(&r.channel).await?,

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::recovery::{fitting, reply_bytes};
 use super::session::{allowed, backend_payload, internal, proxy_failed, Conn, Outcome};
+use crate::metrics::Source;
 use crate::node::HistoryError;
 use crate::proxy::Kind;
 
@@ -59,8 +60,7 @@ impl Conn {
             publication.tags = r.tags;
         }
         self.node
-            .broker
-            .publish(&req.channel, publication, history)
+            .publish(&req.channel, publication, history, Source::Client)
             .await
             .map_err(internal)?;
         Ok(ReplyBody::Publish(EmptyResult {}))

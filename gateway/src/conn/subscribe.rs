@@ -479,6 +479,9 @@ impl Conn {
                 self.out.close(DISCONNECT_INSUFFICIENT_STATE)
             }
             Some(_) => {
+                if *code == UNSUBSCRIBE_INSUFFICIENT_STATE {
+                    self.node.metrics.positions_lost.inc();
+                }
                 self.out.push(Bytes::from(protocol::encode_unsubscribe_push(
                     channel, *code,
                 )));

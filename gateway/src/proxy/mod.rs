@@ -6,6 +6,9 @@
 
 mod client;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::Uri;
 use serde::de::DeserializeOwned;
@@ -20,6 +23,7 @@ pub(crate) use client::CallError;
 use client::HttpClient;
 
 use crate::config::ProxyConfig;
+use crate::metrics::Metrics;
 
 /// The client headers kept for proxy calls: only the configured ones, and only
 /// when a proxy is configured. Boxed twice so that a connection's slot for them is
@@ -59,6 +63,7 @@ pub(crate) struct Proxy {
     sub_refresh: Option<Uri>,
     rpc: Option<Uri>,
     forward: Vec<HeaderName>,
+    metrics: Arc<Metrics>,
 }
 
 fn uri(url: &Option<String>) -> Option<Uri> {
@@ -68,7 +73,7 @@ fn uri(url: &Option<String>) -> Option<Uri> {
 
 impl Proxy {
     /// The proxy of a node, if any URL is configured.
-    pub(crate) fn new(cfg: &ProxyConfig) -> Option<Proxy> {
+    pub(crate) fn new(cfg: &ProxyConfig, metrics: Arc<Metrics>) -> Option<Proxy> {
         if !cfg.any() {
             return None;
         }
@@ -88,6 +93,7 @@ impl Proxy {
                         .expect("bug: header names are validated at start")
                 })
                 .collect(),
+            metrics,
         })
     }
 
@@ -133,8 +139,11 @@ impl Proxy {
             .expect("bug: a proxy call of a kind that is not configured");
         let body = serde_json::to_vec(req).expect("bug: proxy requests always serialize");
         let headers = headers.map_or(&[][..], |h| &h[..]);
-        let reply: Reply<Res> = self.http.post_json(url, headers, body).await?;
-        Ok(reply.decision())
+        let start = Instant::now();
+        let reply: Result<Reply<Res>, CallError> = self.http.post_json(url, headers, body).await;
+        let result = reply.as_ref().map_or_else(CallError::kind, |_| "ok");
+        self.metrics.proxy_called(kind.name(), result, start);
+        Ok(reply?.decision())
     }
 
     pub(crate) async fn connect(

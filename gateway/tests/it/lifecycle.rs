@@ -51,6 +51,7 @@ async fn spawn_command(
 ) -> (Child, std::net::SocketAddr, Vec<String>) {
     cmd.env_clear()
         .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .env("GATEWAY_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -289,4 +290,40 @@ async fn health_endpoints_follow_readiness() {
     gw.shutdown().await;
     assert!(!gw.node.is_ready(), "not ready once shutting down");
     assert!(ws_connect(gw.addr, &[]).await.is_err(), "listener closed");
+}
+
+/// The binary binds `GATEWAY_ADMIN_LISTEN` and serves `/metrics` there; empty
+/// turns the admin listener off.
+#[tokio::test]
+async fn the_binary_serves_metrics_on_the_admin_address() {
+    let (_child, _, lines) = spawn_gateway(
+        &[("GATEWAY_TOKEN_HMAC_SECRET", SECRET)],
+        "metrics on http://",
+    )
+    .await;
+    let admin: std::net::SocketAddr = lines
+        .last()
+        .and_then(|l| l.split("metrics on http://").nth(1))
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("admin address printed: {lines:?}"));
+    let (status, _, body) = crate::support::http_request(admin, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200, "{body}");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid exposition");
+    let connections = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "gateway_connections")
+        .map(|s| s.value.clone());
+    assert_eq!(connections, Some(prometheus_parse::Value::Gauge(0.0)));
+    let (_child, _, lines) = spawn_gateway(
+        &[
+            ("GATEWAY_TOKEN_HMAC_SECRET", SECRET),
+            ("GATEWAY_ADMIN_LISTEN", ""),
+        ],
+        "admin listener off",
+    )
+    .await;
+    assert!(!lines.iter().any(|l| l.contains("metrics on")), "{lines:?}");
 }

@@ -58,6 +58,7 @@ async fn json_logs_carry_fields_and_the_node_name_but_no_secret() {
         .env("GATEWAY_LOG_FORMAT", "json")
         .env("GATEWAY_LOG", "gateway=debug,info")
         .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .env("GATEWAY_NODE_NAME", NODE)
         .env("GATEWAY_TOKEN_HMAC_SECRET", HMAC_SECRET)
         .env("GATEWAY_API_KEY", API_KEY)

@@ -62,6 +62,15 @@ impl TestGateway {
 
     /// A node on the Redis at `url` (quick probes, so fault tests run fast).
     pub async fn on_redis(url: &str, f: impl FnOnce(&mut Config)) -> Self {
+        Self::on_redis_with_admin(url, None, f).await
+    }
+
+    /// As [`TestGateway::on_redis`], with the admin listener (metrics) on `admin`.
+    pub async fn on_redis_with_admin(
+        url: &str,
+        admin: Option<tokio::net::TcpListener>,
+        f: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut c = test_config();
         c.redis_url = Some(url.to_owned());
         c.redis.probe_interval = Duration::from_millis(300);
@@ -70,11 +79,11 @@ impl TestGateway {
         let broker = fanout::RedisBroker::connect(c.redis_config().expect("redis url set"))
             .await
             .expect("redis reachable");
-        Self::with_broker(c, broker).await
+        Self::serve(c, broker, None, admin).await
     }
 
     pub async fn with_broker(config: Config, broker: Arc<dyn fanout::Broker>) -> Self {
-        Self::serve(config, broker, None).await
+        Self::serve(config, broker, None, None).await
     }
 
     /// A node (in-memory broker) with the server API on `api`, not the client port.
@@ -84,21 +93,41 @@ impl TestGateway {
     ) -> Self {
         let mut c = test_config();
         f(&mut c);
-        Self::serve(c, fanout::MemoryBroker::new(), Some(api)).await
+        Self::serve(c, fanout::MemoryBroker::new(), Some(api), None).await
+    }
+
+    /// A node (in-memory broker) with its admin listener (metrics) on `admin`.
+    pub async fn with_admin_listener(
+        admin: tokio::net::TcpListener,
+        f: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut c = test_config();
+        f(&mut c);
+        Self::serve(c, fanout::MemoryBroker::new(), None, Some(admin)).await
     }
 
     async fn serve(
         config: Config,
         broker: Arc<dyn fanout::Broker>,
         api: Option<tokio::net::TcpListener>,
+        admin: Option<tokio::net::TcpListener>,
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let node = Node::new(config, broker).expect("node starts");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway::run_with(listener, api, node.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let listeners = gateway::Listeners {
+            clients: listener,
+            api,
+            admin,
+        };
+        let task = tokio::spawn(gateway::run_listeners(
+            listeners,
+            node.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         TestGateway {
             addr,
             node,

@@ -195,6 +195,7 @@ impl Cluster {
             let name = format!("node-{n}");
             let mut cmd = Command::new(&gateway);
             cmd.env("GATEWAY_LISTEN", "127.0.0.1:0")
+                .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
                 .env("GATEWAY_TOKEN_HMAC_SECRET", &secret)
                 .env("GATEWAY_API_KEY", &api_key)
                 .env("GATEWAY_REDIS_URL", &redis_url)
