@@ -169,7 +169,11 @@ where
                 Some(Item::Data(_)) => {} // collected above
                 // Work the server asks of the connection (unsubscribe, subscribe,
                 // refresh), in order with the messages around it.
-                Some(item) => Box::pin(conn.handle_item(item)).await,
+                Some(item) => {
+                    let started = Instant::now();
+                    Box::pin(conn.handle_item(item)).await;
+                    conn.was_busy_since(started);
+                }
             }
         }
         if let Some(code) = drained.close {
@@ -197,7 +201,9 @@ where
             // The frame reader keeps partial frames in its own buffer, so dropping
             // `next()` when another branch wins loses nothing.
             r = rx.next(), if inbound == Inbound::Open => {
+                let started = Instant::now();
                 inbound = Box::pin(handle_inbound(conn, r)).await;
+                conn.was_busy_since(started);
             }
             _ = conn.out.notified() => {}
             _ = &mut sleep => {}

@@ -37,6 +37,9 @@ struct Credentials {
     proxy_refresh: bool,
 }
 
+/// Busy spells shorter than this are not worth taking the session lock for.
+const BUSY_UNNOTICED: Duration = Duration::from_micros(200);
+
 impl Conn {
     pub(super) async fn connect(&self, id: u32, req: ConnectRequest) -> Outcome<()> {
         let outcome = self.try_connect(id, req).await;
@@ -228,6 +231,26 @@ impl Conn {
             self.announce_join(j).await;
         }
         Ok(())
+    }
+
+    /// The node was busy with this connection's commands or server work from
+    /// `since` until now, not reading its socket: a pong sent meanwhile waits
+    /// unread, so that time does not count against the pong deadline (the node's
+    /// backlog is not the client's silence).
+    pub(crate) fn was_busy_since(&self, since: Instant) {
+        let now = Instant::now();
+        if now.duration_since(since) < BUSY_UNNOTICED {
+            return;
+        }
+        let timeout = self.node.config.client.pong_timeout;
+        let mut s = self.session.lock();
+        if let Some(d) = s.pong_deadline.as_mut() {
+            let from = d.checked_sub(timeout).map_or(since, |ping| ping.max(since));
+            if now > from {
+                *d += now - from;
+                s.timers_dirty = true;
+            }
+        }
     }
 
     pub(super) fn pong(&self) -> Outcome<()> {

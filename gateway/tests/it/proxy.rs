@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::backend::{unix_now, Backend, Mode};
-use crate::support::{client_id, token, ws_connect, Client, TestGateway};
+use crate::support::{client_id, token, ws_connect, Client, Msg, TestGateway};
 
 /// A gateway whose proxies all point at `backend`, with namespaces `room`
 /// (subscribe proxy, sub_refresh proxy), `vip` (subscribe proxy) and `mod`
@@ -323,4 +323,41 @@ async fn proxy_settings_are_checked_at_start() {
     c.proxy.connect_url = Some("https://backend/connect".into());
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("proxy.connect_url"), "{e}");
+}
+
+/// A client whose pong arrived while the node was busy with its earlier command (a
+/// slow publish proxy) answered in time: it is not closed with 3012.
+#[tokio::test]
+async fn a_pong_behind_a_slow_command_counts() {
+    let backend = Backend::start().await;
+    let gw = gateway(&backend, |c| {
+        c.client.ping_interval = Duration::from_millis(400);
+        c.client.pong_timeout = Duration::from_millis(300);
+        c.proxy.timeout = Duration::from_secs(5);
+    })
+    .await;
+    let mut c = gw.client("alice").await;
+    c.subscribe("mod:lobby").await;
+    match c.next().await {
+        Msg::Json(v) => assert_eq!(v, json!({}), "expected a ping"),
+        Msg::Close(code, reason) => panic!("closed {code} {reason} before a ping"),
+    }
+    // The publish reaches the node before the pong, which waits in the socket
+    // while the backend takes a second and a half.
+    backend.set_mode(Mode::Slow(Duration::from_millis(1500)));
+    let publish = json!({"id": 77, "publish": {"channel": "mod:lobby", "data": {"text": "hi"}}});
+    c.send_text(&publish.to_string()).await;
+    c.send_text("{}").await;
+    let r = c.reply(77).await;
+    assert!(r.get("error").is_none(), "{r}");
+    backend.set_mode(Mode::Normal);
+    // Still open: the next message is a ping (or the publication), not 3012.
+    for _ in 0..3 {
+        match c.next().await {
+            Msg::Json(v) if v == json!({}) => return,
+            Msg::Json(_) => {}
+            Msg::Close(code, reason) => panic!("closed {code} {reason}"),
+        }
+    }
+    panic!("no ping after the slow publish");
 }
