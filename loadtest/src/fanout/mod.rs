@@ -139,7 +139,8 @@ pub async fn run(
     .await;
     let published = count_published(&run, opts.rooms, &dones, &mut problems);
     let expected = published.expected(&joined.receivers_in);
-    let delivery_end = drain(&run, expected, &mut monitor).await;
+    let settle = published.unanswered > 0;
+    let delivery_end = drain(&run, expected, settle, &mut monitor).await;
     let receivers = stop(&run, tasks, &mut problems).await;
     let received = count_received(&run, &receivers, &published, &mut problems);
     let counts = Counts {
@@ -341,11 +342,25 @@ async fn publish(
 
 /// Wait, bounded by the drain timeout, for what is still on its way; returns when
 /// the wait ended.
-async fn drain(run: &Run, expected: u64, monitor: &mut Monitor<'_>) -> Instant {
+///
+/// With `settle` (some publications were never answered), the count can reach
+/// `expected` early: deliveries of unanswered publications count too, while those
+/// of answered ones may still be on their way. The wait then also goes on until no
+/// delivery has arrived for [`SETTLE`], within the same deadline.
+async fn drain(run: &Run, expected: u64, settle: bool, monitor: &mut Monitor<'_>) -> Instant {
     let drain_deadline = Instant::now() + run.common.drain_timeout;
-    while run.counters.deliveries.load(Ordering::Relaxed) < expected
-        && Instant::now() < drain_deadline
-    {
+    let mut seen = run.counters.deliveries.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    while Instant::now() < drain_deadline {
+        let now_seen = run.counters.deliveries.load(Ordering::Relaxed);
+        if now_seen != seen {
+            seen = now_seen;
+            last_change = Instant::now();
+        }
+        let quiet = !settle || last_change.elapsed() >= SETTLE;
+        if seen >= expected && quiet {
+            break;
+        }
         tokio::select! {
             _ = monitor.ticker.tick() => monitor.emit("draining"),
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -353,6 +368,10 @@ async fn drain(run: &Run, expected: u64, monitor: &mut Monitor<'_>) -> Instant {
     }
     Instant::now()
 }
+
+/// How long deliveries must have stopped before a run with unanswered
+/// publications ends (see [`drain`]).
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// End every connection task and collect what the connections received.
 async fn stop(
