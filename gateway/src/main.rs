@@ -167,7 +167,16 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
             api,
             admin,
         };
-        gateway::run_listeners(listeners, node, shutdown_signal()).await;
+        let first = async {
+            shutdown_signal().await;
+            // A second signal ends the process without waiting for the drain.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!("second signal: exiting without draining");
+                std::process::exit(130);
+            });
+        };
+        gateway::run_listeners(listeners, node, first).await;
         Ok(())
     })
 }
