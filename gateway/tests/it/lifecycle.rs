@@ -163,6 +163,41 @@ async fn sigterm_closes_clients_with_3001_and_exits() {
     assert!(exit.success(), "clean exit: {exit:?}");
 }
 
+/// The drain waits (`shutdown.readiness_delay`, 5 s by default); a second signal
+/// ends the process at once, with code 130.
+#[tokio::test]
+async fn a_second_sigterm_exits_without_draining() {
+    let (mut child, addr, _) = spawn_gateway(
+        &[("GATEWAY_TOKEN_HMAC_SECRET", SECRET)],
+        "clients connect to",
+    )
+    .await;
+    let mut c = Client::open(addr).await;
+    c.connect(&token("1")).await;
+    let pid = child.id().unwrap().to_string();
+    let term = || {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    term();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    term();
+    let exit = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert_eq!(exit.code(), Some(130), "{exit:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "exited {:?} after the second signal, not at once",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn development_mode_prints_a_working_token() {
     let (_child, addr, lines) = spawn_gateway(&[], "connection token for user").await;
