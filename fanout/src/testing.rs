@@ -1,10 +1,12 @@
 //! Real `redis-server` processes for tests (feature `test-util`): each on a free
 //! loopback port with its own directory, stopped when dropped. Never a shared Redis.
+//! Also [`run_bounded`], for tests that run the project's own binaries.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a server gets to start answering PING.
@@ -15,6 +17,39 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// Run `cmd` with stdout and stderr in files under `dir`; kill it and panic past
+/// `timeout`. Returns its exit status, stdout and stderr.
+pub fn run_bounded(
+    cmd: &mut Command,
+    dir: &Path,
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
+    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).unwrap())
+        .stderr(File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!(
+                "{cmd:?} still running after {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    (status, read(&out), read(&err))
 }
 
 /// Send one inline command and return the raw reply (bounded wait).

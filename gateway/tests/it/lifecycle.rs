@@ -149,12 +149,7 @@ async fn sigterm_closes_clients_with_3001_and_exits() {
     let mut c = Client::open(addr).await;
     c.connect(&token("1")).await;
     c.subscribe("room").await;
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(child.id().unwrap());
     assert_eq!(c.closed().await, (3001, "shutdown".to_string()));
     let exit = tokio::time::timeout(WAIT, child.wait())
         .await
@@ -174,18 +169,11 @@ async fn a_second_sigterm_exits_without_draining() {
     .await;
     let mut c = Client::open(addr).await;
     c.connect(&token("1")).await;
-    let pid = child.id().unwrap().to_string();
-    let term = || {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    term();
+    let pid = child.id().unwrap();
+    sigterm(pid);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
-    term();
+    sigterm(pid);
     let exit = tokio::time::timeout(WAIT, child.wait())
         .await
         .expect("exits in time")

@@ -110,11 +110,7 @@ async fn json_logs_carry_fields_and_the_node_name_but_no_secret() {
     })
     .await;
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(child.id().unwrap());
     let exit = tokio::time::timeout(WAIT, child.wait())
         .await
         .expect("exits in time");

@@ -7,10 +7,11 @@
 //! the other nodes and recover; no connect attempt fails; and the reconnects per
 //! second stay under a bound set by the window.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use fanout::testing::run_bounded;
 
 use serde_json::Value;
 
@@ -29,34 +30,6 @@ const DRAIN_WINDOW_SECS: u64 = 6;
 /// aligned with the closes, members come back up to 500 ms later, and a few
 /// planned reconnects of the soak may fall in the same second.
 const SLACK_PER_SEC: f64 = 10.0;
-
-/// Run `cmd` with its output in files under `dir`; kill it past `timeout`.
-fn run_bounded(cmd: &mut Command, dir: &Path, timeout: Duration) -> (ExitStatus, String, String) {
-    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).unwrap())
-        .stderr(File::create(&err).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!(
-                "{cmd:?} still running after {timeout:?}; stderr:\n{}",
-                std::fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    (status, read(&out), read(&err))
-}
 
 /// The newest modification time of the files under `dir`.
 fn newest(dir: &Path) -> SystemTime {

@@ -176,6 +176,15 @@ impl Drop for TestGateway {
 }
 
 /// A connection token for `user`, valid for an hour.
+/// Send SIGTERM to the process `pid`.
+pub fn sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
 pub fn token(user: &str) -> String {
     mint(MintClaims {
         sub: user.into(),

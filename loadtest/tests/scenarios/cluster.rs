@@ -2,10 +2,11 @@
 //! PATH) and two gateway processes, runs a short fanout against them, prints the
 //! report and stops them.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use fanout::testing::run_bounded;
 
 use super::SERIAL;
 
@@ -13,34 +14,6 @@ use super::SERIAL;
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// Bound on one `loadtest cluster` run.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Run `cmd` with stdout and stderr in files under `dir`; kill it past `timeout`.
-fn run_bounded(cmd: &mut Command, dir: &Path, timeout: Duration) -> (ExitStatus, String, String) {
-    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).unwrap())
-        .stderr(File::create(&err).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!(
-                "{cmd:?} still running after {timeout:?}; stderr:\n{}",
-                std::fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    (status, read(&out), read(&err))
-}
 
 /// `<target>/debug/gateway`, built first (bounded) when missing.
 fn gateway_binary(scratch: &Path) -> PathBuf {
