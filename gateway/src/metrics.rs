@@ -19,6 +19,7 @@
 //! | `gateway_frames_written_total` | counter | `ws` |
 //! | `gateway_protocol_errors_total` | counter | `ws` (closes for a bad frame or command) |
 //! | `gateway_command_duration_seconds{command}` | histogram | `conn` (client commands) |
+//! | `gateway_read_pauses_total`, `gateway_read_paused_seconds_total` | counters | `ws` (a connection's publish pipeline was full, so its socket was not read: overload as backpressure) |
 //! | `gateway_broker_publish_duration_seconds` | histogram | `node` (`Node::publish`: every publish through the broker) |
 //! | `gateway_redis_command_errors_total`, `gateway_redis_pubsub_reconnects_total`, `gateway_redis_gap_repairs_total`, `gateway_redis_dropped_messages_total` | counters | read from the broker at scrape ([`fanout::BrokerStats`]; Redis engine only) |
 //! | `gateway_redis_presence_refresh_duration_seconds` | summary (sum, count) | as above |
@@ -33,7 +34,7 @@ use fanout::Broker;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -108,6 +109,8 @@ pub struct Metrics {
     pub(crate) rooms_lost: IntCounter,
     pub(crate) frames_written: IntCounter,
     pub(crate) protocol_errors: IntCounter,
+    pub(crate) read_pauses: IntCounter,
+    read_paused_seconds: Counter,
     commands: Vec<Histogram>,
     broker_publish_duration: Histogram,
     proxy_calls: IntCounterVec,
@@ -174,6 +177,10 @@ impl Metrics {
             frames_written: counter(r, "gateway_frames_written_total", "WebSocket frames written to clients"),
             protocol_errors: counter(r, "gateway_protocol_errors_total",
                 "Connections closed for a malformed frame or command"),
+            read_pauses: counter(r, "gateway_read_pauses_total",
+                "Times a connection stopped being read because client.max_publishes_in_flight of its publishes were in flight"),
+            read_paused_seconds: register(r, Counter::new("gateway_read_paused_seconds_total",
+                "Time connections spent not being read because their publish pipeline was full")),
             commands: CMD_NAMES.iter().map(|c| commands.with_label_values(&[*c])).collect(),
             broker_publish_duration: broker_publish_duration.with_label_values(&[] as &[&str]),
             proxy_calls: counter_vec(r, "gateway_proxy_calls_total",
@@ -182,6 +189,11 @@ impl Metrics {
                 "Time of a call to the application backend, by kind, whatever its result", &["kind"]),
             registry,
         }
+    }
+
+    /// Count the end of a pause in reading a connection that lasted `d`.
+    pub(crate) fn read_paused(&self, d: std::time::Duration) {
+        self.read_paused_seconds.inc_by(d.as_secs_f64());
     }
 
     /// Count a connection closed with `code` (an unknown code counts as `other`).

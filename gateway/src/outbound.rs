@@ -13,7 +13,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use shared::codes::{DisconnectCode, UnsubscribeCode, DISCONNECT_SLOW};
 use shared::envelope::{RefreshCommand, SubscribeCommand};
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -62,6 +64,8 @@ struct State {
     items: VecDeque<Item>,
     bytes: usize,
     close: Option<Close>,
+    /// With a write delay: when what is queued goes out.
+    flush_at: Option<Instant>,
 }
 
 pub(crate) struct Outbound {
@@ -170,9 +174,27 @@ impl Outbound {
         self.state.lock().close.as_ref().map(|c| c.code)
     }
 
-    /// Move everything queued into `into` (which the writer reuses between wakes).
-    pub fn drain(&self, into: &mut VecDeque<Item>) -> Drained {
+    /// Move everything queued into `into` (which the writer reuses between wakes),
+    /// except that the first item queued stays `delay` (if not zero) so that
+    /// others can join it: then `Err` with when it is due. A close is never held.
+    pub fn drain_after(
+        &self,
+        into: &mut VecDeque<Item>,
+        delay: Duration,
+    ) -> Result<Drained, Instant> {
         let mut s = self.state.lock();
+        if !delay.is_zero() && s.close.is_none() && !s.items.is_empty() {
+            let now = Instant::now();
+            let at = *s.flush_at.get_or_insert(now + delay);
+            if now < at {
+                return Err(at);
+            }
+        }
+        Ok(Self::take(&mut s, into))
+    }
+
+    fn take(s: &mut State, into: &mut VecDeque<Item>) -> Drained {
+        s.flush_at = None;
         std::mem::swap(&mut s.items, into);
         s.bytes = 0;
         Drained {

@@ -1,6 +1,7 @@
 //! The one task of a WebSocket connection: it reads frames and handles commands in
-//! order, drains the outbound queue into one frame per wake-up, and runs the
-//! connection's timers.
+//! order (publishes run in the connection's pipeline while it reads on), drains
+//! the outbound queue into one frame per wake-up (or per `client.write_delay`), and
+//! runs the connection's timers.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,11 +18,11 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Pause, Pipeline, PongOverdue};
 use crate::frame::{FrameReader, Message, ReadError};
 use crate::metrics::CLOSE_ABNORMAL;
 use crate::node::Node;
-use crate::outbound::Item;
+use crate::outbound::{Drained, Item};
 use crate::proxy::Headers;
 
 type Io = TokioIo<Upgraded>;
@@ -34,6 +35,13 @@ const CLOSE_NORMAL: DisconnectCode = DisconnectCode {
 
 /// Frames larger than this are written with their reusable buffer shrunk back after.
 const FRAME_BUFFER_KEEP: usize = 16 << 10;
+
+/// How long queued messages wait for the replies of a client's publishes in
+/// flight, so that they share one frame (one write) with them.
+const IN_FLIGHT_HOLD: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Frames read, at most, to look for a pong before a connection is judged silent.
+const PONG_LOOKAHEAD_FRAMES: usize = 64;
 
 /// Serve one upgraded WebSocket until it closes, then leave its rooms. `headers`
 /// are the upgrade request's headers kept for proxy calls.
@@ -109,10 +117,12 @@ enum Inbound {
 /// The connection's one task: read and handle commands, write what the outbound
 /// queue holds, and run the timers, until the connection closes.
 ///
-/// A command is handled to completion before the next wake-up, so writes queue
-/// behind a command that waits for Redis (bounded by the queue's byte budget, and
-/// then flushed as one frame). One task instead of a reader and a writer saved a
-/// task and two cancellation tokens per connection.
+/// A command other than a publish is handled to completion before the next
+/// wake-up, so writes queue behind a command that waits for Redis (bounded by the
+/// queue's byte budget, and then flushed as one frame). Publishes run in the
+/// pipeline while the task reads on; a full pipeline stops reading. One task
+/// instead of a reader and a writer saved a task and two cancellation tokens per
+/// connection.
 async fn drive<R, W>(conn: &Arc<Conn>, rx: &mut FrameReader<R>, tx: &mut WebSocketWrite<W>)
 where
     R: AsyncRead + Unpin,
@@ -122,6 +132,7 @@ where
     let mut parts: Vec<Bytes> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut inbound = Inbound::Open;
+    let mut pipeline = Pipeline::default();
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     // Created once: re-creating it on every wake-up re-registered a waiter per
@@ -136,8 +147,40 @@ where
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
     loop {
-        let next = conn.poll_timers(Instant::now());
-        let drained = conn.out.drain(&mut items);
+        let now = Instant::now();
+        let mut next = match conn.poll_timers(now, false) {
+            Ok(next) => next,
+            Err(PongOverdue) => {
+                if let Some(since) = pipeline.pause_so_far() {
+                    // Not read since `since` (a full pipeline): the pong may wait
+                    // in the socket, and that time is the node's.
+                    conn.was_busy_since(since);
+                    conn.node.metrics.read_paused(since.elapsed());
+                } else if inbound == Inbound::Open {
+                    // The pong may have arrived and wait unread behind the node's
+                    // backlog: read what is there before judging the client.
+                    inbound = Box::pin(read_ahead(conn, rx, &mut pipeline)).await;
+                }
+                let now = Instant::now();
+                conn.poll_timers(now, true).unwrap_or(now)
+            }
+        };
+        // With `client.write_delay` the first message queued waits that long for
+        // others to share its frame (a close goes at once). While the client's
+        // publishes are in flight, what is queued (often the client's own
+        // publication, which Redis sends with the reply) waits for their replies,
+        // up to `IN_FLIGHT_HOLD`.
+        let mut hold = conn.node.config.client.write_delay;
+        if !pipeline.is_empty() {
+            hold = hold.max(IN_FLIGHT_HOLD);
+        }
+        let drained = match conn.out.drain_after(&mut items, hold) {
+            Ok(drained) => drained,
+            Err(at) => {
+                next = next.min(at);
+                Drained { close: None }
+            }
+        };
         let had_items = !items.is_empty();
         // Messages go out as one frame up to each control item, which follows them.
         // Every write is boxed: the task then carries no write state while idle,
@@ -196,16 +239,47 @@ where
         if had_items {
             continue;
         }
+        // A full pipeline stops reading: TCP pushes back on the client. That time
+        // is the node's backlog, not the client's silence.
+        let full = pipeline.is_full(conn.node.config.client.max_publishes_in_flight);
+        match pipeline.pause(full) {
+            Pause::Began => conn.node.metrics.read_pauses.inc(),
+            Pause::Ended(since) => {
+                conn.was_busy_since(since);
+                conn.node.metrics.read_paused(since.elapsed());
+            }
+            Pause::Unchanged => {}
+        }
         sleep.as_mut().reset(next);
         tokio::select! {
             // The frame reader keeps partial frames in its own buffer, so dropping
             // `next()` when another branch wins loses nothing.
-            r = rx.next(), if inbound == Inbound::Open => {
+            r = rx.next(), if inbound == Inbound::Open && !full => {
                 let started = Instant::now();
-                inbound = Box::pin(handle_inbound(conn, r)).await;
+                inbound = Box::pin(handle_inbound(conn, r, &mut pipeline)).await;
                 conn.was_busy_since(started);
             }
-            _ = conn.out.notified() => {}
+            // Only a unit comes out of the select: a publish's outcome inline
+            // would grow every connection's task. Every reply ready now is answered in this wake-up, so that they
+            // share a frame. (The noop waker `take_ready` leaves is replaced when
+            // the select polls `head_done` again before sleeping.)
+            _ = pipeline.head_done(), if !pipeline.is_empty() => {
+                let mut next = pipeline.pop_done();
+                while let Some(f) = next {
+                    if let Err(code) = conn.finish(f) {
+                        conn.node.metrics.protocol_errors.inc();
+                        conn.out.close(code);
+                        break;
+                    }
+                    next = pipeline.take_ready();
+                }
+            }
+            // While publishes are in flight, the next reply wakes the task (as
+            // soon as Redis answers, or at the broker's command timeout) and what
+            // was queued meanwhile goes out with it, within `IN_FLIGHT_HOLD`:
+            // such a message needs no wake-up of its own. A close waits for that
+            // wake-up too.
+            _ = conn.out.notified(), if pipeline.is_empty() => {}
             _ = &mut sleep => {}
             _ = &mut shutdown, if !shutdown_seen => {
                 shutdown_seen = true;
@@ -215,17 +289,55 @@ where
     }
 }
 
+/// Read and handle the frames that have already arrived, without waiting, until
+/// none is left, the pipeline is full or [`PONG_LOOKAHEAD_FRAMES`] were read.
+async fn read_ahead<R: AsyncRead + Unpin>(
+    conn: &Conn,
+    rx: &mut FrameReader<R>,
+    pipeline: &mut Pipeline,
+) -> Inbound {
+    let started = Instant::now();
+    let inbound = read_ahead_frames(conn, rx, pipeline).await;
+    conn.was_busy_since(started);
+    inbound
+}
+
+async fn read_ahead_frames<R: AsyncRead + Unpin>(
+    conn: &Conn,
+    rx: &mut FrameReader<R>,
+    pipeline: &mut Pipeline,
+) -> Inbound {
+    use futures_util::FutureExt;
+    for _ in 0..PONG_LOOKAHEAD_FRAMES {
+        if pipeline.is_full(conn.node.config.client.max_publishes_in_flight) {
+            break;
+        }
+        let Some(r) = rx.next().now_or_never() else {
+            break;
+        };
+        let inbound = handle_inbound(conn, r, pipeline).await;
+        if inbound != Inbound::Open {
+            return inbound;
+        }
+    }
+    Inbound::Open
+}
+
 /// Count a connection whose socket failed before a close frame could be sent.
 fn abandoned(conn: &Conn) {
     conn.node.metrics.disconnected(CLOSE_ABNORMAL);
 }
 
 /// Act on what one read returned; returns how the stream is to be read from now on.
-async fn handle_inbound(conn: &Conn, res: Result<Message, ReadError>) -> Inbound {
+async fn handle_inbound(
+    conn: &Conn,
+    res: Result<Message, ReadError>,
+    pipeline: &mut Pipeline,
+) -> Inbound {
     match res {
         Ok(Message::Text(payload)) => {
             if !conn.out.is_closing() {
-                if let Err(code) = conn.handle_frame(&payload).await {
+                if let Err(code) = conn.handle_frame(&payload, pipeline).await {
                     conn.node.metrics.protocol_errors.inc();
                     tracing::debug!(client = %conn.client, user = %conn.user(), code = code.code, "closing connection");
                     conn.out.close(code);
@@ -388,7 +500,11 @@ mod tests {
         let frame = format!(
             "{{\"id\":1,\"connect\":{{\"token\":\"{token}\"}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":\"room\"}}}}"
         );
-        guard.conn().handle_frame(frame.as_bytes()).await.unwrap();
+        let mut pipeline = crate::conn::Pipeline::default();
+        let conn = guard.conn();
+        conn.handle_frame(frame.as_bytes(), &mut pipeline)
+            .await
+            .unwrap();
         assert_eq!((node.hub.num_rooms(), node.hub.num_users()), (1, 1));
         assert_eq!(node.metrics.connections.get(), 1);
         drop(guard);
@@ -417,8 +533,10 @@ mod tests {
         // As in `serve`: the task owns the reader and the writer half.
         let task = async move { super::drive(&conn, &mut rx, &mut tx).await };
         let size = std::mem::size_of_val(&task);
-        // Measured 872 B. A reader and a writer task used to carry 392 + 744 B,
-        // and before the command path and writes were boxed, 3 KB more.
-        assert!(size <= 896, "connection task {size} B");
+        // Measured 912 B: the publish pipeline added 40 B (its pointer and its
+        // wait in the select) to the 872 B before it. A reader and a writer task
+        // used to carry 392 + 744 B, and before the command path and writes were
+        // boxed, 3 KB more.
+        assert!(size <= 936, "connection task {size} B");
     }
 }

@@ -55,6 +55,18 @@ pub struct ClientConfig {
     /// Commands in one WebSocket message; more close the connection with 3013.
     /// Default 100.
     pub max_commands_per_frame: usize,
+    /// Publishes of one connection in flight to the broker at once (started in
+    /// the order sent, answered in that order). With this many waiting, the node
+    /// stops reading the connection until one is answered, so TCP slows the
+    /// client down. At least 1. Default 16.
+    pub max_publishes_in_flight: usize,
+    /// How long the first message queued for a client waits for others to share
+    /// its WebSocket frame (one socket write). 0 writes as soon as the
+    /// connection's task runs. A few milliseconds cut the writes, and the node's
+    /// CPU, of clients that receive many messages a second, for that much latency.
+    /// Default 0.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
     /// Connections this node accepts; more get HTTP 503 so the client retries
     /// (another node, after backoff). Default 500000.
     pub max_connections: usize,
@@ -96,6 +108,8 @@ impl Default for ClientConfig {
             command_rate_per_sec: 100,
             command_burst: 200,
             max_commands_per_frame: 100,
+            max_publishes_in_flight: 16,
+            write_delay: Duration::ZERO,
             max_connections: 500_000,
             max_connections_per_user: 0,
             max_invalid_sub_tokens: 5,

@@ -347,6 +347,9 @@ impl Config {
         if c.max_commands_per_frame == 0 {
             return Err(invalid("client.max_commands_per_frame", "must be > 0"));
         }
+        if c.max_publishes_in_flight == 0 {
+            return Err(invalid("client.max_publishes_in_flight", "must be > 0"));
+        }
         self.http.validate()?;
         self.api.validate()?;
         self.admin.listen_addr()?;

@@ -37,6 +37,10 @@ struct Credentials {
     proxy_refresh: bool,
 }
 
+/// A ping's pong is overdue: read what has arrived, then ask again.
+#[derive(Debug)]
+pub(crate) struct PongOverdue;
+
 /// Busy spells shorter than this are not worth taking the session lock for.
 const BUSY_UNNOTICED: Duration = Duration::from_micros(200);
 
@@ -253,11 +257,31 @@ impl Conn {
         }
     }
 
+    /// A frame arrived: the client is alive, so a pending pong deadline starts
+    /// again from now (its pong may be queued behind what it sent).
+    pub(super) fn heard_from_client(&self) {
+        let timeout = self.node.config.client.pong_timeout;
+        let mut s = self.session.lock();
+        if let Some(d) = s.pong_deadline.as_mut() {
+            let fresh = Instant::now() + timeout;
+            if fresh > *d {
+                *d = fresh;
+                s.timers_dirty = true;
+            }
+        }
+    }
+
+    /// A pong answers the oldest unanswered ping; one with no ping outstanding
+    /// is a protocol error. With more pings outstanding, the client has a whole
+    /// `pong_timeout` from now for the next pong.
     pub(super) fn pong(&self) -> Outcome<()> {
         let mut s = self.session.lock();
-        if s.pong_deadline.take().is_none() {
+        if s.pings_unanswered == 0 {
             return Err(DISCONNECT_BAD_REQUEST.into());
         }
+        s.pings_unanswered -= 1;
+        s.pong_deadline =
+            (s.pings_unanswered > 0).then(|| Instant::now() + self.node.config.client.pong_timeout);
         s.timers_dirty = true;
         Ok(())
     }
@@ -292,11 +316,18 @@ impl Conn {
     }
 
     /// Fire due timers and return when to call again. Cheap when nothing is due.
-    pub(crate) fn poll_timers(&self, now: Instant) -> Instant {
+    /// A pong deadline that passed closes with 3012 only once the connection's
+    /// task has read what already arrived (`read_ahead`): until then it is
+    /// reported as [`PongOverdue`].
+    pub(crate) fn poll_timers(
+        &self,
+        now: Instant,
+        read_ahead: bool,
+    ) -> Result<Instant, PongOverdue> {
         let cfg = &self.node.config.client;
         let mut s = self.session.lock();
         if !s.timers_dirty && now < s.next_timer {
-            return s.next_timer;
+            return Ok(s.next_timer);
         }
         s.timers_dirty = false;
         let far = now + Duration::from_secs(3600);
@@ -311,9 +342,13 @@ impl Conn {
             }
             Phase::Connected => {
                 if let Some(d) = s.pong_deadline {
+                    if now >= d && !read_ahead {
+                        s.timers_dirty = true;
+                        return Err(PongOverdue);
+                    }
                     if now >= d {
                         self.out.close(DISCONNECT_NO_PONG);
-                        return far;
+                        return Ok(far);
                     }
                     next = next.min(d);
                 }
@@ -325,7 +360,7 @@ impl Conn {
                     }
                     Some(e) if now >= e => {
                         self.out.close(DISCONNECT_EXPIRED);
-                        return far;
+                        return Ok(far);
                     }
                     Some(e) => next = next.min(e),
                     None => {}
@@ -333,9 +368,9 @@ impl Conn {
                 if let Some(p) = s.next_ping {
                     let p = if now >= p {
                         self.out.push(Bytes::from_static(protocol::PING));
-                        if !cfg.pong_timeout.is_zero() && s.pong_deadline.is_none() {
-                            let d = now + cfg.pong_timeout;
-                            s.pong_deadline = Some(d);
+                        if !cfg.pong_timeout.is_zero() {
+                            s.pings_unanswered = s.pings_unanswered.saturating_add(1);
+                            let d = *s.pong_deadline.get_or_insert(now + cfg.pong_timeout);
                             next = next.min(d);
                         }
                         now + cfg.ping_interval
@@ -365,6 +400,6 @@ impl Conn {
             }
         }
         s.next_timer = next;
-        next
+        Ok(next)
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! The connection's task (in [`crate::ws`]) feeds text frames to
 //! [`Conn::handle_frame`], which handles the commands in order and enqueues
-//! replies on the connection's mailbox ([`crate::outbound::Outbound`]). Between
+//! replies on the connection's mailbox ([`crate::outbound::Outbound`]). Publishes
+//! enter the connection's [`Pipeline`] and are answered, in order, as Redis
+//! answers; any other command waits for them first. Between
 //! frames the same task writes what is queued and calls [`Conn::poll_timers`]
 //! and [`Conn::server_unsubscribe`].
 //!
@@ -12,11 +14,13 @@
 //! - `subscribe`: subscribe (with recovery), unsubscribe, sub_refresh, server-side
 //!   subscriptions, leaving rooms.
 //! - `recovery`: the pure recovery verdict.
+//! - `pipeline`: a connection's publishes in flight to the broker, in order.
 //! - `publish`: publish, presence, presence_stats, history, rpc.
 //! - `server`: what the server API asks of a connection (subscribe, refresh).
 
 mod bucket;
 mod connect;
+mod pipeline;
 mod publish;
 mod recovery;
 mod server;
@@ -34,13 +38,22 @@ use shared::codes::{
 use shared::protocol::{self, Command, ReplyBody, Request};
 
 use crate::metrics::Cmd;
+pub(crate) use connect::PongOverdue;
+pub(crate) use pipeline::{Finished, Pause, Pipeline};
+use publish::Begun;
 pub(crate) use session::Conn;
 use session::{Failure, Outcome, Phase, Sub};
 
 impl Conn {
-    /// Handle one text frame: one or more commands joined by `\n`. An `Err` is the
-    /// code to close the connection with.
-    pub(crate) async fn handle_frame(&self, frame: &[u8]) -> Result<(), DisconnectCode> {
+    /// Handle one text frame: one or more commands joined by `\n`. Publishes enter
+    /// `pipeline` and are answered as they complete; any other command waits for
+    /// the publishes before it. An `Err` is the code to close the connection with.
+    pub(crate) async fn handle_frame(
+        &self,
+        frame: &[u8],
+        pipeline: &mut Pipeline,
+    ) -> Result<(), DisconnectCode> {
+        self.heard_from_client();
         let lines = protocol::split_frame(frame).ok_or(DISCONNECT_BAD_REQUEST)?;
         let max = self.node.config.client.max_commands_per_frame;
         for (i, line) in lines.enumerate() {
@@ -48,7 +61,7 @@ impl Conn {
                 return Err(DISCONNECT_TOO_MANY_REQUESTS);
             }
             let cmd = Command::parse(line).map_err(|_| DISCONNECT_BAD_REQUEST)?;
-            self.handle_command(cmd).await?;
+            self.handle_command(cmd, pipeline).await?;
             if self.out.is_closing() {
                 break;
             }
@@ -56,7 +69,11 @@ impl Conn {
         Ok(())
     }
 
-    async fn handle_command(&self, cmd: Command) -> Result<(), DisconnectCode> {
+    async fn handle_command(
+        &self,
+        cmd: Command,
+        pipeline: &mut Pipeline,
+    ) -> Result<(), DisconnectCode> {
         let id = cmd.id;
         let phase = self.session.lock().phase;
         let request = cmd.request();
@@ -76,8 +93,30 @@ impl Conn {
             // Id 0 without `send` is a pong, whatever else the command holds.
             (Phase::Connected, _) if id == 0 => self.pong(),
             // Publishes have their own budget (`publish_rate_per_sec`).
+            (Phase::Connected, Some(Request::Publish(r))) if id > 0 => {
+                let start = tokio::time::Instant::now();
+                let begun = self.begin_publish(r);
+                self.make_room(pipeline).await?;
+                match begun {
+                    Ok(Begun::Call(call)) => {
+                        pipeline.push(id, start, call);
+                        // Started now (sent to Redis), not on the task's next turn.
+                        pipeline.start().await;
+                    }
+                    Ok(Begun::Proxied(p)) => {
+                        self.settle(pipeline).await?;
+                        let outcome = self.publish_proxied(p).await;
+                        pipeline.push_done(id, start, outcome);
+                        self.settle(pipeline).await?;
+                    }
+                    // In its place, after the replies of the publishes before it.
+                    Err(failure) => pipeline.push_done(id, start, Err(failure)),
+                }
+                return Ok(());
+            }
             (Phase::Connected, Some(request)) if id > 0 => {
-                if matches!(request, Request::Publish(_)) || self.take_command_token() {
+                self.settle(pipeline).await?;
+                if self.take_command_token() {
                     self.dispatch(id, request).await
                 } else {
                     Err(ERROR_TOO_MANY_REQUESTS.into())
@@ -85,6 +124,12 @@ impl Conn {
             }
             _ => Err(DISCONNECT_BAD_REQUEST.into()),
         };
+        self.conclude(id, outcome)
+    }
+
+    /// Send what a command's outcome says: a reply was sent by the command, an
+    /// error reply here, or a close.
+    fn conclude(&self, id: u32, outcome: Outcome<()>) -> Result<(), DisconnectCode> {
         match outcome {
             Ok(()) => Ok(()),
             Err(Failure::Error(e)) => {
@@ -104,19 +149,58 @@ impl Conn {
         }
     }
 
+    /// Answer a publish that left the pipeline.
+    pub(crate) fn finish(&self, f: Finished) -> Result<(), DisconnectCode> {
+        self.node
+            .metrics
+            .command(Cmd::Publish, f.started.into_std());
+        let outcome = f.outcome.map(|body| self.reply(f.id, body));
+        self.conclude(f.id, outcome)
+    }
+
+    /// Wait until the pipeline has room for one more publish (the socket is not
+    /// read meanwhile: counted as a pause).
+    async fn make_room(&self, pipeline: &mut Pipeline) -> Result<(), DisconnectCode> {
+        if !pipeline.is_full(self.node.config.client.max_publishes_in_flight) {
+            return Ok(());
+        }
+        let since = std::time::Instant::now();
+        self.node.metrics.read_pauses.inc();
+        while pipeline.is_full(self.node.config.client.max_publishes_in_flight) {
+            self.settle_one(pipeline).await?;
+        }
+        self.node.metrics.read_paused(since.elapsed());
+        Ok(())
+    }
+
+    /// Wait for every publish in the pipeline and answer them.
+    async fn settle(&self, pipeline: &mut Pipeline) -> Result<(), DisconnectCode> {
+        while !pipeline.is_empty() {
+            self.settle_one(pipeline).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_one(&self, pipeline: &mut Pipeline) -> Result<(), DisconnectCode> {
+        match pipeline.next().await {
+            Some(f) => self.finish(f),
+            None => Ok(()),
+        }
+    }
+
     async fn dispatch(&self, id: u32, request: Request) -> Outcome<()> {
         let start = Instant::now();
         let cmd = match &request {
             Request::Subscribe(_) => Cmd::Subscribe,
             Request::Unsubscribe(_) => Cmd::Unsubscribe,
-            Request::Publish(_) => Cmd::Publish,
             Request::Presence(_) => Cmd::Presence,
             Request::PresenceStats(_) => Cmd::PresenceStats,
             Request::History(_) => Cmd::History,
             Request::Refresh(_) => Cmd::Refresh,
             Request::SubRefresh(_) => Cmd::SubRefresh,
             Request::Rpc(_) => Cmd::Rpc,
-            Request::Connect(_) | Request::Ping | Request::Send(_) => {
+            // Publishes go through the pipeline.
+            Request::Connect(_) | Request::Ping | Request::Send(_) | Request::Publish(_) => {
                 return Err(DISCONNECT_BAD_REQUEST.into())
             }
         };
@@ -129,14 +213,13 @@ impl Conn {
         let body = match request {
             Request::Subscribe(r) => return self.subscribe(id, r).await,
             Request::Unsubscribe(r) => self.unsubscribe(&r.channel).await?,
-            Request::Publish(r) => self.publish(r).await?,
             Request::Presence(r) => self.presence(&r.channel).await?,
             Request::PresenceStats(r) => self.presence_stats(&r.channel).await?,
             Request::History(r) => self.history(r).await?,
             Request::Refresh(r) => self.refresh(r)?,
             Request::SubRefresh(r) => self.sub_refresh(r)?,
             Request::Rpc(r) => self.rpc(r).await?,
-            Request::Connect(_) | Request::Ping | Request::Send(_) => {
+            Request::Connect(_) | Request::Ping | Request::Send(_) | Request::Publish(_) => {
                 return Err(DISCONNECT_BAD_REQUEST.into())
             }
         };

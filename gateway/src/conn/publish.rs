@@ -10,11 +10,41 @@ use shared::protocol::{
 use shared::proxy::ConnFields;
 use tokio::time::Instant;
 
+use super::pipeline::Call;
 use super::recovery::{fitting, reply_bytes};
 use super::session::{allowed, backend_payload, internal, proxy_failed, Conn, Outcome};
 use crate::metrics::Source;
-use crate::node::HistoryError;
+use crate::node::{HistoryError, Node};
 use crate::proxy::Kind;
+
+/// How a checked publish goes on.
+pub(super) enum Begun {
+    /// The broker call, for the connection's pipeline.
+    Call(Call),
+    /// The publish proxy is asked first.
+    Proxied(Prepared),
+}
+
+/// A publication checked and ready for the broker.
+pub(super) struct Prepared {
+    channel: String,
+    publication: Publication,
+    history: Option<fanout::HistoryOptions>,
+}
+
+impl Prepared {
+    async fn publish(self, node: &Node) -> Outcome<ReplyBody> {
+        node.publish(
+            &self.channel,
+            self.publication,
+            self.history,
+            Source::Client,
+        )
+        .await
+        .map_err(internal)?;
+        Ok(ReplyBody::Publish(EmptyResult {}))
+    }
+}
 
 impl Conn {
     fn take_publish_token(&self) -> bool {
@@ -24,7 +54,10 @@ impl Conn {
             .take(Instant::now(), cfg.publish_rate_per_sec, cfg.publish_burst)
     }
 
-    pub(super) async fn publish(&self, req: PublishRequest) -> Outcome<ReplyBody> {
+    /// Check a publish and take its rate token. Without the publish proxy the
+    /// broker call is returned to run in the connection's pipeline; with it, the
+    /// prepared publication for [`Conn::publish_proxied`].
+    pub(super) fn begin_publish(&self, req: PublishRequest) -> Outcome<Begun> {
         let Some(data) = req.data else {
             return Err(DISCONNECT_BAD_REQUEST.into());
         };
@@ -42,28 +75,39 @@ impl Conn {
         if !self.take_publish_token() {
             return Err(ERROR_TOO_MANY_REQUESTS.into());
         }
-        let mut publication = Publication {
-            data,
-            info: Some(info),
-            offset: 0,
-            tags: Default::default(),
+        let history = opts.history();
+        let proxy_publish = opts.proxy_publish;
+        let prepared = Prepared {
+            channel: req.channel,
+            publication: Publication {
+                data,
+                info: Some(info),
+                offset: 0,
+                tags: Default::default(),
+            },
+            history,
         };
-        let mut history = opts.history();
-        if opts.proxy_publish {
-            let r = self.ask_publish_proxy(&req.channel, &publication).await?;
-            if let Some(data) = backend_payload(Kind::Publish, "data", &r.data, &r.b64data)? {
-                publication.data = data;
-            }
-            if r.skip_history {
-                history = None;
-            }
-            publication.tags = r.tags;
+        if proxy_publish {
+            return Ok(Begun::Proxied(prepared));
         }
-        self.node
-            .publish(&req.channel, publication, history, Source::Client)
-            .await
-            .map_err(internal)?;
-        Ok(ReplyBody::Publish(EmptyResult {}))
+        let node = self.node.clone();
+        Ok(Begun::Call(Box::pin(async move {
+            prepared.publish(&node).await
+        })))
+    }
+
+    /// A publish the backend is asked about first (not pipelined: the backend's
+    /// answer may rewrite it).
+    pub(super) async fn publish_proxied(&self, mut p: Prepared) -> Outcome<ReplyBody> {
+        let r = self.ask_publish_proxy(&p.channel, &p.publication).await?;
+        if let Some(data) = backend_payload(Kind::Publish, "data", &r.data, &r.b64data)? {
+            p.publication.data = data;
+        }
+        if r.skip_history {
+            p.history = None;
+        }
+        p.publication.tags = r.tags;
+        p.publish(&self.node).await
     }
 
     async fn ask_publish_proxy(

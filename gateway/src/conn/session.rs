@@ -166,6 +166,9 @@ pub(crate) struct Session {
     pub(crate) next_ping: Option<Instant>,
     /// Set while a ping waits for its pong.
     pub(crate) pong_deadline: Option<Instant>,
+    /// Pings sent and not answered yet (more than one when pongs wait unread
+    /// behind the node's backlog while the next ping goes out).
+    pub(crate) pings_unanswered: u8,
     /// Publications (`client.publish_rate_per_sec`).
     pub(crate) publish_bucket: TokenBucket,
     /// Every command with an id (`client.command_rate_per_sec`).
@@ -205,6 +208,7 @@ impl Conn {
             connect_deadline: now + cfg.connect_timeout,
             next_ping: None,
             pong_deadline: None,
+            pings_unanswered: 0,
             publish_bucket: TokenBucket::full(cfg.publish_burst, now),
             command_bucket: TokenBucket::full(cfg.command_burst, now),
             invalid_sub_tokens: 0,

@@ -11,6 +11,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod overload;
 mod protocol;
 mod proxy;
 mod python;

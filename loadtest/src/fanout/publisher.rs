@@ -97,6 +97,7 @@ pub(crate) async fn publisher(
                     }
                 }
                 Ok(Inbound::Closed { code, reason }) => {
+                    rx.close_code = Some(code);
                     rx.disconnected = Some(format!("closed by the server: {code} {reason:?}"));
                     break;
                 }

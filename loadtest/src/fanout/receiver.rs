@@ -30,6 +30,8 @@ pub(crate) struct Receiver {
     pub unexpected: u64,
     /// Set when the connection ended before the run did.
     pub disconnected: Option<String>,
+    /// The close code, when the server closed the connection.
+    pub close_code: Option<u16>,
     /// Latencies of the frame being handled, recorded in one batch.
     latencies: Vec<u64>,
 }
@@ -49,6 +51,7 @@ impl Receiver {
             deliveries: 0,
             unexpected: 0,
             disconnected: None,
+            close_code: None,
             latencies: Vec::new(),
         }
     }
@@ -188,6 +191,9 @@ pub(crate) async fn subscriber(
     )
     .await;
     if let Err(e) = served {
+        if let crate::client::ClientError::Closed { code, .. } = &e {
+            rx.close_code = Some(*code);
+        }
         rx.disconnected = Some(e.to_string());
     }
     Some(rx)

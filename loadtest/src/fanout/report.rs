@@ -38,12 +38,16 @@ pub struct FanoutReport {
     pub connect_errors: u64,
     /// Connections that ended before the run did (closed by the server, I/O error).
     pub disconnects: u64,
+    /// `disconnects` by the close code the server sent (`none`: no close frame).
+    pub disconnect_codes: std::collections::BTreeMap<String, u64>,
     /// From the start until every connection was up or had failed.
     pub connect_seconds: f64,
     /// Publications acked by the server.
     pub publications: u64,
     /// Publications the server answered with an error.
     pub publish_errors: u64,
+    /// Publications sent and never answered before the drain timeout ended.
+    pub unanswered: u64,
     /// Acked publications per second of the publishing duration.
     pub publications_per_sec: f64,
     /// Publications received, over all receivers (subscribers and publishers).

@@ -94,6 +94,8 @@ pub(super) struct Received {
     pub(super) offset_errors: u64,
     pub(super) unexpected: u64,
     pub(super) disconnects: u64,
+    /// Disconnects by the server's close code (`none` without a close frame).
+    pub(super) disconnect_codes: std::collections::BTreeMap<String, u64>,
 }
 
 /// Add up what every connection received and check it against what was
@@ -110,6 +112,8 @@ pub(super) fn count_received(
         c.unexpected += rx.unexpected;
         if let Some(why) = &rx.disconnected {
             c.disconnects += 1;
+            let code = rx.close_code.map_or("none".to_owned(), |c| c.to_string());
+            *c.disconnect_codes.entry(code).or_default() += 1;
             problems.sample("disconnect", format!("connection {}: {why}", rx.conn));
         }
         for room in &rx.rooms {
