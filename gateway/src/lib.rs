@@ -13,6 +13,7 @@
 //! - `proxy`: calls to the application backend (connect, subscribe, publish, ...).
 //! - `hub`: rooms to local subscribers; where broker events fan out.
 //! - `survey`: channel surveys across nodes (for the `channels` API).
+//! - `load`: whether the node is saturated (scheduling lag), for write coalescing.
 //! - `outbound`: a connection's mailbox, its bounded outbound queue.
 //! - [`config`]: the node's configuration (TOML file, environment overrides).
 //! - `metrics`: the node's Prometheus metrics (served on the admin listener).
@@ -25,6 +26,7 @@ mod conn;
 #[doc(hidden)]
 pub mod frame;
 mod hub;
+mod load;
 mod metrics;
 mod node;
 mod outbound;

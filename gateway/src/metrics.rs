@@ -20,6 +20,7 @@
 //! | `gateway_protocol_errors_total` | counter | `ws` (closes for a bad frame or command) |
 //! | `gateway_command_duration_seconds{command}` | histogram | `conn` (client commands) |
 //! | `gateway_read_pauses_total`, `gateway_read_paused_seconds_total` | counters | `ws` (a connection's publish pipeline was full, so its socket was not read: overload as backpressure) |
+//! | `gateway_scheduler_lag_seconds` | gauge | `load` (how late the runtime runs a ticking task: saturation) |
 //! | `gateway_broker_publish_duration_seconds` | histogram | `node` (`Node::publish`: every publish through the broker) |
 //! | `gateway_redis_command_errors_total`, `gateway_redis_pubsub_reconnects_total`, `gateway_redis_gap_repairs_total`, `gateway_redis_dropped_messages_total` | counters | read from the broker at scrape ([`fanout::BrokerStats`]; Redis engine only) |
 //! | `gateway_redis_presence_refresh_duration_seconds` | summary (sum, count) | as above |
@@ -34,8 +35,8 @@ use fanout::Broker;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The content type of [`Metrics::render`].
@@ -111,6 +112,7 @@ pub struct Metrics {
     pub(crate) protocol_errors: IntCounter,
     pub(crate) read_pauses: IntCounter,
     read_paused_seconds: Counter,
+    pub(crate) scheduler_lag: Gauge,
     commands: Vec<Histogram>,
     broker_publish_duration: Histogram,
     proxy_calls: IntCounterVec,
@@ -181,6 +183,8 @@ impl Metrics {
                 "Times a connection stopped being read because client.max_publishes_in_flight of its publishes were in flight"),
             read_paused_seconds: register(r, Counter::new("gateway_read_paused_seconds_total",
                 "Time connections spent not being read because their publish pipeline was full")),
+            scheduler_lag: register(r, Gauge::new("gateway_scheduler_lag_seconds",
+                "How late the node's runtime runs a task due every 10 ms (smoothed): the node is saturated when it grows")),
             commands: CMD_NAMES.iter().map(|c| commands.with_label_values(&[*c])).collect(),
             broker_publish_duration: broker_publish_duration.with_label_values(&[] as &[&str]),
             proxy_calls: counter_vec(r, "gateway_proxy_calls_total",

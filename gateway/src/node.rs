@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ChannelOptions, Config, ConfigError};
 use crate::hub::Hub;
+use crate::load::Load;
 use crate::metrics::{Metrics, Source};
 use crate::proxy::Proxy;
 use crate::survey::{glob_match, Query, Surveys};
@@ -57,6 +58,8 @@ pub struct Node {
     drain_taken: AtomicUsize,
     /// Every connection task and background loop, awaited on shutdown.
     pub(crate) tasks: TaskTracker,
+    /// Whether the node is saturated (connections then coalesce writes).
+    pub(crate) load: Arc<Load>,
     started: Instant,
     /// Unique per process start, in the node registry.
     pub id: String,
@@ -88,6 +91,7 @@ impl Node {
             metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            load: Arc::default(),
             started: Instant::now(),
             id,
             http_pending: AtomicUsize::new(0),
@@ -99,6 +103,9 @@ impl Node {
         node.tasks.spawn(heartbeat(node.clone()));
         node.tasks.spawn(keep_room_positions(node.clone()));
         node.tasks.spawn(answer_surveys(node.clone(), queries));
+        let lag = node.metrics.scheduler_lag.clone();
+        node.tasks
+            .spawn(node.load.clone().watch(lag, node.shutdown.clone()));
         Ok(node)
     }
 

@@ -165,12 +165,17 @@ where
                 conn.poll_timers(now, true).unwrap_or(now)
             }
         };
-        // With `client.write_delay` the first message queued waits that long for
-        // others to share its frame (a close goes at once). While the client's
+        // With `client.write_delay` (or `busy_write_delay` while the node is
+        // saturated) the first message queued waits that long for others to
+        // share its frame (a close goes at once). While the client's
         // publishes are in flight, what is queued (often the client's own
         // publication, which Redis sends with the reply) waits for their replies,
         // up to `IN_FLIGHT_HOLD`.
-        let mut hold = conn.node.config.client.write_delay;
+        let cfg = &conn.node.config.client;
+        let mut hold = cfg.write_delay;
+        if conn.node.load.is_busy() {
+            hold = hold.max(cfg.busy_write_delay);
+        }
         if !pipeline.is_empty() {
             hold = hold.max(IN_FLIGHT_HOLD);
         }
@@ -241,7 +246,7 @@ where
         }
         // A full pipeline stops reading: TCP pushes back on the client. That time
         // is the node's backlog, not the client's silence.
-        let full = pipeline.is_full(conn.node.config.client.max_publishes_in_flight);
+        let full = pipeline.is_full(conn.max_in_flight());
         match pipeline.pause(full) {
             Pause::Began => conn.node.metrics.read_pauses.inc(),
             Pause::Ended(since) => {
@@ -309,7 +314,7 @@ async fn read_ahead_frames<R: AsyncRead + Unpin>(
 ) -> Inbound {
     use futures_util::FutureExt;
     for _ in 0..PONG_LOOKAHEAD_FRAMES {
-        if pipeline.is_full(conn.node.config.client.max_publishes_in_flight) {
+        if pipeline.is_full(conn.max_in_flight()) {
             break;
         }
         let Some(r) = rx.next().now_or_never() else {

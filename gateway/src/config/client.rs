@@ -67,6 +67,11 @@ pub struct ClientConfig {
     /// Default 0.
     #[serde(with = "humantime_serde")]
     pub write_delay: Duration,
+    /// The write delay while the node is saturated (its runtime runs tasks
+    /// late; `gateway_scheduler_lag_seconds`): then fewer, larger writes leave
+    /// more CPU for the backlog. 0 keeps `write_delay` always. Default 20ms.
+    #[serde(with = "humantime_serde")]
+    pub busy_write_delay: Duration,
     /// Connections this node accepts; more get HTTP 503 so the client retries
     /// (another node, after backoff). Default 500000.
     pub max_connections: usize,
@@ -110,6 +115,7 @@ impl Default for ClientConfig {
             max_commands_per_frame: 100,
             max_publishes_in_flight: 16,
             write_delay: Duration::ZERO,
+            busy_write_delay: Duration::from_millis(20),
             max_connections: 500_000,
             max_connections_per_user: 0,
             max_invalid_sub_tokens: 5,

@@ -158,15 +158,30 @@ impl Conn {
         self.conclude(f.id, outcome)
     }
 
+    /// How many of this connection's publishes may be in flight now:
+    /// `client.max_publishes_in_flight`, or one while the node is saturated.
+    /// Pipelining lets one connection publish faster than a round trip allows
+    /// when the node has CPU to spare; a saturated node would only take in
+    /// publications faster than it delivers them, moving the backlog from the
+    /// senders' sockets into its own queues, past the rooms' history (so that
+    /// reconnecting clients could no longer recover).
+    pub(crate) fn max_in_flight(&self) -> usize {
+        if self.node.load.is_busy() {
+            1
+        } else {
+            self.node.config.client.max_publishes_in_flight
+        }
+    }
+
     /// Wait until the pipeline has room for one more publish (the socket is not
     /// read meanwhile: counted as a pause).
     async fn make_room(&self, pipeline: &mut Pipeline) -> Result<(), DisconnectCode> {
-        if !pipeline.is_full(self.node.config.client.max_publishes_in_flight) {
+        if !pipeline.is_full(self.max_in_flight()) {
             return Ok(());
         }
         let since = std::time::Instant::now();
         self.node.metrics.read_pauses.inc();
-        while pipeline.is_full(self.node.config.client.max_publishes_in_flight) {
+        while pipeline.is_full(self.max_in_flight()) {
             self.settle_one(pipeline).await?;
         }
         self.node.metrics.read_paused(since.elapsed());

@@ -4,9 +4,11 @@
 //! Calls start in the order they were read, and a call is first polled only after
 //! every call before it was, so they reach the node's one multiplexed Redis
 //! connection, and Redis, in that order (after a lost Redis connection, the
-//! broker's one retry of each is not ordered against newer calls). Their replies (and the errors of publishes
-//! refused before any call, entered already finished) leave in the same order.
-//! At most `client.max_publishes_in_flight` are held: a full pipeline makes the
+//! broker's one retry of each is not ordered against newer calls). Their replies
+//! (and the errors of publishes refused before any call, entered already
+//! finished) leave in the same order. At most `client.max_publishes_in_flight`
+//! are held (one while the node is saturated, see
+//! [`Conn::max_in_flight`](super::Conn::max_in_flight)): a full pipeline makes the
 //! task stop reading the socket, so TCP pushes back on a client that sends faster
 //! than the node can publish.
 
