@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::session::{
     allowed, backend_payload, due_at, expire_at, proxy_failed, ttl_secs, Conn, Failure, Outcome,
-    Phase,
+    Phase, Session,
 };
 use super::subscribe::{ServerSub, SubParams};
 use crate::node::VERSION;
@@ -257,13 +257,12 @@ impl Conn {
         }
     }
 
-    /// A frame arrived: the client is alive, so a pending pong deadline starts
-    /// again from now (its pong may be queued behind what it sent).
-    pub(super) fn heard_from_client(&self) {
-        let timeout = self.node.config.client.pong_timeout;
-        let mut s = self.session.lock();
+    /// A command arrived: the client is alive, so a pending pong deadline starts
+    /// again from now (its pong may be queued behind what it sent). Called with
+    /// the session lock the command takes anyway.
+    pub(super) fn heard_from_client(&self, s: &mut Session) {
         if let Some(d) = s.pong_deadline.as_mut() {
-            let fresh = Instant::now() + timeout;
+            let fresh = Instant::now() + self.node.config.client.pong_timeout;
             if fresh > *d {
                 *d = fresh;
                 s.timers_dirty = true;

@@ -53,7 +53,6 @@ impl Conn {
         frame: &[u8],
         pipeline: &mut Pipeline,
     ) -> Result<(), DisconnectCode> {
-        self.heard_from_client();
         let lines = protocol::split_frame(frame).ok_or(DISCONNECT_BAD_REQUEST)?;
         let max = self.node.config.client.max_commands_per_frame;
         for (i, line) in lines.enumerate() {
@@ -75,7 +74,11 @@ impl Conn {
         pipeline: &mut Pipeline,
     ) -> Result<(), DisconnectCode> {
         let id = cmd.id;
-        let phase = self.session.lock().phase;
+        let phase = {
+            let mut s = self.session.lock();
+            self.heard_from_client(&mut s);
+            s.phase
+        };
         let request = cmd.request();
         let outcome = match (phase, request) {
             (Phase::Connecting, Some(Request::Connect(r))) if id > 0 => {

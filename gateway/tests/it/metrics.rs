@@ -59,7 +59,7 @@ async fn scrape(admin: SocketAddr) -> Scrape {
 }
 
 /// The value of the one sample `name` with exactly `labels`.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<f64> = scrape
         .samples
         .iter()

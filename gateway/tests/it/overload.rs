@@ -62,9 +62,9 @@ fn publish(id: u32, from: &str, seq: u32) -> String {
 
 fn metric(gw: &TestGateway, name: &str) -> f64 {
     let text = gw.node.metrics.render(Default::default());
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid exposition");
+    crate::metrics::value(&scrape, name, &[])
 }
 
 #[tokio::test]
