@@ -6,6 +6,7 @@ mod backend;
 mod cluster;
 mod delivery;
 mod drain;
+mod k8s;
 mod layout;
 mod lifecycle;
 mod limits;
