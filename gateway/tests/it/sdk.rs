@@ -13,14 +13,14 @@ use crate::support::{run_checked_script, token, TestGateway};
 /// Bound for the whole script; its own waits are 5 s each.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn sdk_dir() -> PathBuf {
+pub(crate) fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("sdk")
 }
 
 /// Fail (never skip) when Node or the SDK packages are missing.
-async fn require_node(dir: &Path) {
+pub(crate) async fn require_node(dir: &Path) {
     let found = tokio::process::Command::new("node")
         .arg("--version")
         .stdin(Stdio::null())
