@@ -6,7 +6,8 @@ use std::time::Duration;
 /// Settings of the Redis engine. `Debug` shows the URL without its passwords.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]`, `rediss://…`, or `redis+cluster://h1:p1,h2:p2`.
+    /// `redis://host:port[/db]` or `redis+cluster://h1:p1,h2:p2` (the client has no TLS
+    /// feature; the gateway's config refuses `rediss://`).
     pub url: String,
     /// Prefix of every key and channel. Default `gw`.
     pub prefix: String,

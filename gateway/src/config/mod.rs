@@ -263,13 +263,19 @@ impl Config {
         }
         self.log_format()?;
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+cluster://"))
-            {
+            // The redis client is built without a TLS feature: refuse `rediss://`
+            // here rather than fail to connect at start.
+            if url.starts_with("rediss://") {
                 return Err(invalid(
                     "redis_url",
-                    "must start with redis://, rediss:// or redis+cluster://",
+                    "rediss:// (TLS) is not supported by this build: use redis:// \
+                     (e.g. through a TLS sidecar such as stunnel)",
+                ));
+            }
+            if !(url.starts_with("redis://") || url.starts_with("redis+cluster://")) {
+                return Err(invalid(
+                    "redis_url",
+                    "must start with redis:// or redis+cluster://",
                 ));
             }
         }
@@ -490,5 +496,11 @@ mod tests {
         let mut c = Config::default();
         c.token.rsa_public_key = Some("not a pem".into());
         assert!(c.validate().unwrap_err().to_string().contains("token"));
+        let c = Config {
+            redis_url: Some("rediss://redis.internal:6380".into()),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("redis_url") && e.contains("TLS"), "{e}");
     }
 }

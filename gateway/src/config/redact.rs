@@ -78,7 +78,7 @@ mod tests {
         let pw = SECRETS[3];
         for url in [
             format!("redis://:{pw}@127.0.0.1:6379/0"),
-            format!("rediss://app:{pw}@redis.internal:6380"),
+            format!("redis://app:{pw}@redis.internal:6380"),
             format!("redis+cluster://:{pw}@10.0.0.1:7000,app:{pw}@10.0.0.2:7000"),
         ] {
             let c = secret_config(url);
