@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{run_checked_script, token, SECRET};
+use crate::support::{repo_root, run_checked_script, token, SECRET};
 
 /// Silence on every socket: above nginx's default `proxy_read_timeout` (60 s)
 /// and the 30-50 s client/server timeouts common in HAProxy configs.
@@ -47,13 +47,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const LINT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Log lines shown per process when a test fails.
 const LOG_TAIL: usize = 30;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("gateway/ has a parent")
-        .to_path_buf()
-}
 
 fn shipped(rel: &str) -> String {
     let path = repo_root().join(rel);

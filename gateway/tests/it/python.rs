@@ -12,19 +12,12 @@ use std::time::Duration;
 
 use gateway::Config;
 
-use crate::support::{run_checked_script, token, TestGateway};
+use crate::support::{repo_root, run_checked_script, token, TestGateway};
 
 /// Bound for a whole script; its own waits are 5 s each and it stops itself at 75 s.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 
 const API_KEY: &str = "py-interop-key";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("gateway/ has a parent")
-        .to_path_buf()
-}
 
 fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

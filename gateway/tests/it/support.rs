@@ -19,6 +19,14 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The repository's root (the parent of `gateway/`).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("gateway/ has a parent")
+        .to_path_buf()
+}
+
 pub const SECRET: &str = "test-secret";
 /// Upper bound for any single network wait in tests.
 pub const WAIT: Duration = Duration::from_secs(10);
