@@ -19,7 +19,7 @@
   const FAILOVER_MS = 3000;
   /** Messages of the room's history shown on entering. */
   const HISTORY_LIMIT = 50;
-  /** Items kept in the message list, so that a long session stays light. */
+  /** Items kept in the message list, so that a long conversation stays light. */
   const MAX_ITEMS = 500;
   const MAX_TEXT = 2000;
   /** Bound on a token request. */
