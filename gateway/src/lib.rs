@@ -5,6 +5,7 @@
 //! Modules, in the order they import one another (each uses only those below it):
 //! - `server`: the HTTP server, WebSocket upgrade, health endpoints, drain.
 //! - `api`: the server HTTP API (`/api/<method>`), a file per method family.
+//! - `demo`: the demo chat page, its embedded files and the demo token endpoint.
 //! - `ws`: the one task of a WebSocket: reads, commands, writes, timers.
 //! - `frame`: the WebSocket frame reader (no buffer while a connection is idle).
 //! - `conn`: one connection's session and its commands, a file per family.
@@ -21,6 +22,7 @@
 mod api;
 pub mod config;
 mod conn;
+mod demo;
 // Public only for the fuzz targets (fuzz/fuzz_targets/frame_reader.rs); not part of
 // the gateway's API.
 #[doc(hidden)]

@@ -100,6 +100,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     } else {
         let secret = Alphanumeric.sample_string(&mut rand::rng(), 32);
         config.token.hmac_secret = Some(secret.clone());
+        config.development = true;
         Some(secret)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -162,6 +163,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
             );
             tracing::info!("connection token for user \"demo\" (24h): {demo}");
         }
+        log_demo(&node.config, local);
         let listeners = gateway::Listeners {
             clients: listener,
             api,
@@ -179,6 +181,29 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         gateway::run_listeners(listeners, node, first).await;
         Ok(())
     })
+}
+
+/// Where the demo chat page is, and a loud warning when it mints tokens for
+/// anyone outside development mode or on an address others can reach.
+fn log_demo(config: &Config, local: std::net::SocketAddr) {
+    if !config.demo_page() {
+        return;
+    }
+    tracing::info!("demo chat page on http://{local}/ (demo.enabled = false turns it off)");
+    if config.demo_mint_secret().is_none() {
+        return;
+    }
+    if !config.development_mode() {
+        tracing::warn!(
+            "demo.mint_tokens: POST /demo/token gives a connection token for any nickname, \
+             signed with the configured secret, to anyone who reaches this port. \
+             FOR DEVELOPMENT ONLY"
+        );
+    } else if !local.ip().is_loopback() {
+        tracing::warn!(
+            "development mode on {local}: anyone who reaches it can get a token at POST /demo/token"
+        );
+    }
 }
 
 /// Listen with a deep accept queue: a connection storm (a rolling deploy's

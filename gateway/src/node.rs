@@ -70,7 +70,8 @@ pub struct Node {
 
 impl Node {
     /// Build a node on `broker` and start its background loops.
-    pub fn new(config: Config, broker: Arc<dyn Broker>) -> Result<Arc<Node>, NodeError> {
+    pub fn new(mut config: Config, broker: Arc<dyn Broker>) -> Result<Arc<Node>, NodeError> {
+        config.add_demo_namespace();
         config.validate()?;
         let verifier = Verifier::new(&config.token)?;
         let metrics = Arc::new(Metrics::new());

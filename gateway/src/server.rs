@@ -1,7 +1,7 @@
 //! The HTTP server: WebSocket upgrades at `/connection/websocket`, health at
 //! `/healthz` and `/readyz`, the server API under `/api` (on the client listener
-//! or its own), metrics at `/metrics` on the admin listener, and graceful
-//! shutdown.
+//! or its own), the demo chat page at `/` and `/demo/` (client listener, demo mode
+//! only), metrics at `/metrics` on the admin listener, and graceful shutdown.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -270,6 +270,9 @@ async fn route(node: Arc<Node>, role: Role, req: Request<Incoming>) -> Response<
     let path = req.uri().path();
     if matches!(role, Role::ClientsAndApi | Role::Api) && is_api_path(path) {
         return crate::api::handle(node, req).await;
+    }
+    if matches!(role, Role::Clients | Role::ClientsAndApi) && crate::demo::serves(&node, path) {
+        return crate::demo::handle(node, req).await;
     }
     match (req.method(), path) {
         (&Method::GET, WEBSOCKET_PATH) if matches!(role, Role::Clients | Role::ClientsAndApi) => {

@@ -4,8 +4,8 @@
 //! Environment names are a public contract: `GATEWAY_LISTEN`,
 //! `GATEWAY_TOKEN_HMAC_SECRET`, `GATEWAY_API_KEY`, `GATEWAY_REDIS_URL`,
 //! `GATEWAY_NODE_NAME`, `GATEWAY_LOG`, `GATEWAY_LOG_FORMAT`, `GATEWAY_ALLOWED_ORIGINS`
-//! (comma-separated), `GATEWAY_API_LISTEN`, `GATEWAY_ADMIN_LISTEN`. One file per
-//! section; `Debug` (in `redact`) never shows a secret.
+//! (comma-separated), `GATEWAY_API_LISTEN`, `GATEWAY_ADMIN_LISTEN`, `GATEWAY_DEMO`.
+//! One file per section; `Debug` (in `redact`) never shows a secret.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ mod admin;
 mod api;
 mod channel;
 mod client;
+mod demo;
 mod error;
 mod http;
 mod log;
@@ -31,6 +32,7 @@ pub use admin::AdminConfig;
 pub use api::ApiConfig;
 pub use channel::ChannelOptions;
 pub use client::ClientConfig;
+pub use demo::{demo_room_options, DemoConfig, DemoSwitch, DEMO_NAMESPACE};
 use error::invalid;
 pub use error::ConfigError;
 pub use http::HttpConfig;
@@ -79,6 +81,13 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The admin listener (metrics, health).
     pub admin: AdminConfig,
+    /// The demo chat page and its token endpoint.
+    pub demo: DemoConfig,
+    /// Set by the binary when no token key was configured and it generated a
+    /// random HMAC secret for the run (development mode); never read from the
+    /// file. Default false.
+    #[serde(skip)]
+    pub development: bool,
 }
 
 impl Default for Config {
@@ -101,6 +110,8 @@ impl Default for Config {
             api: ApiConfig::default(),
             proxy: ProxyConfig::default(),
             admin: AdminConfig::default(),
+            demo: DemoConfig::default(),
+            development: false,
         }
     }
 }
@@ -236,6 +247,9 @@ impl Config {
         if let Some(v) = var("GATEWAY_LOG_FORMAT") {
             self.log_format = v;
         }
+        if let Some(v) = var("GATEWAY_DEMO") {
+            self.demo.enabled = v;
+        }
         if let Some(v) = var("GATEWAY_ALLOWED_ORIGINS") {
             self.client.allowed_origins = v
                 .split(',')
@@ -370,6 +384,7 @@ impl Config {
             }
             ns.validate(&format!("namespaces.{name}"), &self.proxy)?;
         }
+        self.demo.validate(self.development_mode(), &self.token)?;
         let s = &self.shutdown;
         if s.grace_period <= s.readiness_delay + s.drain_window {
             return Err(invalid(
@@ -410,6 +425,34 @@ impl Config {
             .filter_map(|o| o.history().map(|h| h.ttl))
             .min()
             .map(|ttl| (ttl / 3).max(Duration::from_millis(500)))
+    }
+
+    /// Development mode: no token key was configured, so the binary generated a
+    /// random HMAC secret for this run (and set `development`).
+    pub fn development_mode(&self) -> bool {
+        self.development || !self.token.has_key()
+    }
+
+    /// Whether the demo page is served (on the client listener).
+    pub fn demo_page(&self) -> bool {
+        self.demo.page(self.development_mode())
+    }
+
+    /// The secret demo tokens are minted with, when this node mints them
+    /// (`POST /demo/token` exists).
+    pub fn demo_mint_secret(&self) -> Option<&str> {
+        let mints = self.demo.mints(self.development_mode());
+        mints.then_some(self.token.hmac_secret.as_deref()).flatten()
+    }
+
+    /// With the demo page on, the `demo` namespace gets [`demo_room_options`]
+    /// unless the configuration defines it.
+    pub(crate) fn add_demo_namespace(&mut self) {
+        if self.demo_page() {
+            self.namespaces
+                .entry(DEMO_NAMESPACE.into())
+                .or_insert_with(demo_room_options);
+        }
     }
 
     /// The options of `namespace` (`None`: top level); `None` for an unknown one.

@@ -26,6 +26,8 @@ impl std::fmt::Debug for Config {
             api,
             proxy,
             admin,
+            demo,
+            development,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -45,6 +47,8 @@ impl std::fmt::Debug for Config {
             .field("api", api)
             .field("proxy", proxy)
             .field("admin", admin)
+            .field("demo", demo)
+            .field("development", development)
             .finish()
     }
 }

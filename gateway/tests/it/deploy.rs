@@ -17,7 +17,8 @@
 //! - `the_substitutions_touch_only_addresses`: what the first test changes.
 //! - Pieces: `Proc` (a child in its own process group, killed with the group on
 //!   drop, its log shown on failure), `Stack` (Redis, nodes, proxy), `substitute`
-//!   (exact, counted replacements outside comments).
+//!   (exact, counted replacements outside comments). `Proc`, `free_port`,
+//!   `wait_http` and `system_binary` serve `demo.rs` too.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -53,7 +54,7 @@ fn shipped(rel: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -62,7 +63,7 @@ fn free_port() -> u16 {
 
 /// A Debian-installed binary: on PATH, else in /usr/sbin. Fails (never skips)
 /// when missing.
-fn system_binary(name: &str) -> PathBuf {
+pub(crate) fn system_binary(name: &str) -> PathBuf {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .chain([PathBuf::from("/usr/sbin")])
         .map(|d| d.join(name))
@@ -123,14 +124,14 @@ fn nginx_config(shipped: &str, port: u16, nodes: &[u16]) -> String {
 /// A child process in its own process group (nginx's workers included), killed
 /// with the group and reaped when dropped; its output goes to `log`, whose tail
 /// is printed when the test is failing.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
-    child: Child,
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = cmd
@@ -147,18 +148,18 @@ impl Proc {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Panic, with its log, if it has exited.
-    fn assert_running(&mut self) {
+    pub(crate) fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().expect("try_wait") {
             panic!("{} exited ({status}):\n{}", self.name, self.log_tail());
         }
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
@@ -206,7 +207,7 @@ async fn http_status(port: u16, path: &str) -> Option<u16> {
 
 /// Poll until `GET path` on `port` answers `want` (any status when `None`),
 /// panicking if `proc` exits or START_TIMEOUT passes.
-async fn wait_http(proc: &mut Proc, port: u16, path: &str, want: Option<u16>) {
+pub(crate) async fn wait_http(proc: &mut Proc, port: u16, path: &str, want: Option<u16>) {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         proc.assert_running();

@@ -5,6 +5,7 @@ mod auth;
 mod backend;
 mod cluster;
 mod delivery;
+mod demo;
 mod deploy;
 mod drain;
 mod k8s;
