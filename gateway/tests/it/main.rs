@@ -7,6 +7,7 @@ mod cluster;
 mod delivery;
 mod demo;
 mod deploy;
+mod django;
 mod drain;
 mod k8s;
 mod layout;

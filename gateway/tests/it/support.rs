@@ -624,12 +624,13 @@ pub async fn http_request(
 
 /// Run an interoperability script (`command` is ready to spawn) for at most
 /// `timeout`; assert that it exits 0 and that its last line is `{"ok":true,...}`.
-/// Shows its output with `--nocapture`, and all of it on failure.
+/// Shows its output with `--nocapture`, and all of it on failure. Returns that
+/// last line.
 pub async fn run_checked_script(
     mut command: tokio::process::Command,
     script: &str,
     timeout: Duration,
-) {
+) -> Value {
     let child = command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -666,4 +667,5 @@ pub async fn run_checked_script(
     if !stderr.trim().is_empty() {
         eprintln!("{stderr}");
     }
+    last
 }
