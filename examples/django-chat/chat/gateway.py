@@ -47,7 +47,9 @@ def publish(room: str, data: dict) -> int:
 
 def disconnect_user(user_id: str, code: int, reason: str) -> None:
     """Close every connection of the user on every node."""
-    api().disconnect(DisconnectRequest(user=user_id, disconnect=Disconnect(code=code, reason=reason)))
+    api().disconnect(
+        DisconnectRequest(user=user_id, disconnect=Disconnect(code=code, reason=reason))
+    )
 
 
 def from_gateway(request) -> bool:
