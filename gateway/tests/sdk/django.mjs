@@ -6,11 +6,12 @@
 // Three users log in to Django with its login form (CSRF cookie, session cookie).
 // alice connects with a JWT from Django's token view, bob with only his session
 // cookie through the connect proxy. Messages go through the publish proxy (stored,
-// trimmed, rejected when empty or too long); a moderator edits and deletes through
+// trimmed, rejected when empty or too long; a concurrent burst keeps each
+// sender's order); a moderator edits and deletes through
 // a Django view that publishes with `cent`; bob's logout closes his socket, and
 // his old cookie is then refused by the connect proxy. Prints one line per step,
-// then one JSON line {"ok":true,"messages":[...],"sequential":[...]} (the room as
-// the clients saw it) or {"ok":false,"reason":...}; always exits.
+// then one JSON line {"ok":true,"messages":[...],"sequential":[...],"delivered":[...]}
+// (the room as the clients saw it; ids in offset order) or {"ok":false,"reason":...}; always exits.
 
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
@@ -159,6 +160,11 @@ async function main() {
     const d = ms[i].data;
     check(d.text === `message ${i}` && d.user === (i % 2 ? 'bob' : 'alice'), `message ${i}: ${JSON.stringify(d)}`);
   }
+  for (const from of [a, b]) {
+    const mine = ms.filter((p) => p.data.text.endsWith(`from ${from.name}`)).map((p) => p.data.text);
+    const sent = [...Array(BURST_EACH).keys()].map((i) => `burst ${i} from ${from.name}`);
+    check(mine.join() === sent.join(), `${from.name}'s burst in the room: ${mine}`);
+  }
   console.log(`both clients saw the same ${total} messages, offsets ${ms[0].offset}..${ms.at(-1).offset}, as Django stored and rewrote them`);
 
   const [edited, deleted] = [ms[0].data.id, ms[1].data.id];
@@ -199,6 +205,7 @@ async function main() {
   return {
     messages: [...room.values()].map(({ id, user, text, edited: e, offset }) => ({ id, user, text, edited: e, offset })),
     sequential: ms.slice(0, SEQUENTIAL).map((p) => p.data.id),
+    delivered: ms.map((p) => p.data.id),
   };
 }
 
