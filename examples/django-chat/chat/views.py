@@ -1,6 +1,7 @@
 import json
 import re
 
+from cent import CentError
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
@@ -62,7 +63,11 @@ def moderate(request, pk):
         message.edited = True
         message.save(update_fields=["text", "edited"])
         event = {"type": "edit", "id": pk, "text": message.text}
-    offset = gateway.publish(message.room, event)
+    try:
+        offset = gateway.publish(message.room, event)
+    except CentError as e:
+        # Stored, not announced: the clients see it on their next page load.
+        return JsonResponse({"ok": False, "error": str(e)}, status=502)
     return JsonResponse({"ok": True, "offset": offset})
 
 

@@ -3,7 +3,9 @@
 //
 //   node django.mjs '{"django":"http://127.0.0.1:P","ws":"ws://127.0.0.1:G/...","room":"lobby"}'
 //
-// Three users log in to Django with its login form (CSRF cookie, session cookie).
+// Three users log in to Django with its login form (CSRF cookie, session cookie);
+// the room page and its scripts load, and the proxy views refuse callers
+// without the gateway's key.
 // alice connects with a JWT from Django's token view, bob with only his session
 // cookie through the connect proxy. Messages go through the publish proxy (stored,
 // trimmed, rejected when empty or too long; a concurrent burst keeps each
@@ -120,6 +122,22 @@ async function main() {
   const [alice, bob, mod] = ['alice', 'bob', 'mod'].map((n) => new Browser(n));
   for (const b of [alice, bob, mod]) await within(b.login('pw'), `${b.name} login`);
   console.log('alice, bob and mod logged in to Django');
+
+  const page = await alice.fetch(`/chat/${args.room}/`);
+  const html = await page.text();
+  check(page.status === 200 && html.includes(`"${channel}"`) && html.includes(args.ws), `room page: HTTP ${page.status}`);
+  for (const path of ['/static/centrifuge/centrifuge.js', '/static/chat/room.js']) {
+    const res = await alice.fetch(path);
+    check(res.status === 200 && (await res.text()).length > 0, `${path}: HTTP ${res.status}`);
+  }
+  const anonymous = await new Browser('nobody').fetch(`/chat/${args.room}/`);
+  check(anonymous.status === 302, `room page without login: HTTP ${anonymous.status}`);
+  for (const path of ['/centrifugo/connect', '/centrifugo/publish', '/centrifugo/connect?key=wrong']) {
+    const body = JSON.stringify({ client: 'x', user: '1', channel, data: { text: 'forged' } });
+    const res = await alice.fetch(path, { method: 'POST', body, headers: { 'Content-Type': 'application/json' } });
+    check(res.status === 403, `${path} without the gateway's key: HTTP ${res.status}`);
+  }
+  console.log('the room page renders with the SDK from static files; the proxy views refuse calls without the key (403)');
 
   const getToken = async () => {
     const res = await alice.fetch('/chat/token/');
