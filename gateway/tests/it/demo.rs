@@ -42,7 +42,7 @@ fn repo_root() -> PathBuf {
 
 /// Debian's chromium: `/usr/bin/chromium` or `chromium` on PATH. Fails (never
 /// skips) when missing.
-fn chromium() -> PathBuf {
+pub(crate) fn chromium() -> PathBuf {
     std::iter::once(PathBuf::from("/usr/bin"))
         .chain(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),

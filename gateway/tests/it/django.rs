@@ -1,7 +1,8 @@
 //! The Django example (`examples/django-chat`) with real parts: Django's dev
 //! server on a fresh SQLite file, a `redis-server`, a gateway process whose
 //! connect and publish proxies are Django views, and the real centrifuge-js SDK
-//! logging in through Django (`tests/sdk/django.mjs`).
+//! logging in through Django, and the room page in headless Chromium
+//! (`tests/sdk/django.mjs`).
 //!
 //! Map:
 //! - `django_backend_authenticates_stores_and_moderates_the_room`: the whole
@@ -13,8 +14,9 @@
 //!   and `manage` (a bounded `manage.py` run).
 //!
 //! Django and `cent` are pinned in `tests/python/requirements.txt`, Node's packages
-//! in `tests/sdk/package.json`; `scripts/test` installs both. Without them the test
-//! fails rather than skips.
+//! (centrifuge, ws, playwright-core) in `tests/sdk/package.json`; `scripts/test`
+//! installs them and Debian's chromium. Without them the test fails rather than
+//! skips.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -173,6 +175,7 @@ fn row(v: &Value) -> (u64, String, String, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_backend_authenticates_stores_and_moderates_the_room() {
     require_django(&deps_dir());
+    let chromium = crate::demo::chromium();
     let sdk = crate::sdk::sdk_dir();
     crate::sdk::require_node(&sdk).await;
     let (django_port, gateway_port) = (free_port(), free_port());
@@ -196,6 +199,7 @@ async fn django_backend_authenticates_stores_and_moderates_the_room() {
         "django": format!("http://{addr}"),
         "ws": format!("ws://127.0.0.1:{gateway_port}/connection/websocket"),
         "room": ROOM,
+        "chromium": chromium,
     });
     let mut node = tokio::process::Command::new("node");
     node.arg(sdk.join("django.mjs"))

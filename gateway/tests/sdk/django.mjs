@@ -1,7 +1,7 @@
 // The real centrifuge-js SDK against a gateway whose connect and publish proxies
 // are the Django views of examples/django-chat. Run by gateway/tests/it/django.rs as
 //
-//   node django.mjs '{"django":"http://127.0.0.1:P","ws":"ws://127.0.0.1:G/...","room":"lobby"}'
+//   node django.mjs '{"django":"http://127.0.0.1:P","ws":"ws://127.0.0.1:G/...","room":"lobby","chromium":"/usr/bin/chromium"}'
 //
 // Three users log in to Django with its login form (CSRF cookie, session cookie);
 // the room page and its scripts load, and the proxy views refuse callers
@@ -10,12 +10,14 @@
 // cookie through the connect proxy. Messages go through the publish proxy (stored,
 // trimmed, rejected when empty or too long; a concurrent burst keeps each
 // sender's order); a moderator edits and deletes through
-// a Django view that publishes with `cent`; bob's logout closes his socket, and
+// a Django view that publishes with `cent`; alice's room page in headless Chromium
+// (playwright-core) shows the stored room and sends a message; bob's logout closes his socket, and
 // his old cookie is then refused by the connect proxy. Prints one line per step,
 // then one JSON line {"ok":true,"messages":[...],"sequential":[...],"delivered":[...]}
 // (the room as the clients saw it; ids in offset order) or {"ok":false,"reason":...}; always exits.
 
 import { Centrifuge } from 'centrifuge';
+import { chromium } from 'playwright-core';
 import WebSocket from 'ws';
 
 const WAIT_MS = 5000;
@@ -98,6 +100,34 @@ class Browser {
         super(address, protocols, { headers: { Cookie: cookie } });
       }
     };
+  }
+}
+
+/**
+ * The room page in headless Chromium with `browser`'s session: it shows the stored
+ * messages (the moderator's edit in, the deleted one out), and a message typed
+ * there reaches the SDK clients `others` and the page itself.
+ */
+async function chatInBrowser(browser, others) {
+  const chrome = await chromium.launch({ executablePath: args.chromium, headless: true, args: ['--no-sandbox'] });
+  try {
+    const context = await chrome.newContext();
+    const url = new URL(args.django);
+    await context.addCookies([...browser.cookies].map(([name, value]) => ({ name, value, domain: url.hostname, path: '/' })));
+    const page = await context.newPage();
+    await page.goto(`${args.django}/chat/${args.room}/`);
+    const shown = () => page.locator('#chat-log li').allTextContents();
+    const before = await shown();
+    check(before.includes('alice: edited by mod') && !before.includes('bob: message 1'), `the page shows ${before}`);
+    await page.fill('#chat-message-input', '  typed in the page  ');
+    await page.click('#chat-message-submit');
+    await within(page.locator('#chat-log li', { hasText: 'alice: typed in the page' }).waitFor(), 'the page showing its message');
+    for (const c of others) {
+      await until(c.sub, 'publication', () => c.seen.some((p) => p.data.text === 'typed in the page'), `${c.name}: the page's message`);
+    }
+    console.log(`the room page in Chromium showed ${before.length} stored messages and sent one that both clients received`);
+  } finally {
+    await chrome.close();
   }
 }
 
@@ -199,8 +229,10 @@ async function main() {
   check(a.seen.map(key).join() === b.seen.map(key).join(), 'alice and bob saw different moderator events');
   console.log("the moderator's edit and delete, published by Django with cent, reached both clients");
 
+  await chatInBrowser(alice, [a, b]);
+
   // The room as the page shows it: the messages with the events applied.
-  const room = new Map(ms.map((p) => [p.data.id, { ...p.data, offset: p.offset, edited: false }]));
+  const room = new Map(messages(a).map((p) => [p.data.id, { ...p.data, offset: p.offset, edited: false }]));
   for (const { data } of a.seen) {
     if (data.type === 'edit') Object.assign(room.get(data.id), { text: data.text, edited: true });
     if (data.type === 'delete') room.delete(data.id);
@@ -223,7 +255,7 @@ async function main() {
   return {
     messages: [...room.values()].map(({ id, user, text, edited: e, offset }) => ({ id, user, text, edited: e, offset })),
     sequential: ms.slice(0, SEQUENTIAL).map((p) => p.data.id),
-    delivered: ms.map((p) => p.data.id),
+    delivered: messages(a).map((p) => p.data.id),
   };
 }
 
