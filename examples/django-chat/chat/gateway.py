@@ -9,6 +9,7 @@ import time
 
 from cent import Client, Disconnect, DisconnectRequest, PublishRequest
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 
 def _b64(raw: bytes) -> str:
@@ -26,6 +27,8 @@ def connection_token(user) -> str:
     signing_input = ".".join(
         _b64(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
     )
+    if not settings.GATEWAY_TOKEN_HMAC_SECRET:
+        raise ImproperlyConfigured("set GATEWAY_TOKEN_HMAC_SECRET to the gateway's hmac_secret")
     key = settings.GATEWAY_TOKEN_HMAC_SECRET.encode()
     signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(signature)}"
