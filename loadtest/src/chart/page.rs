@@ -129,48 +129,58 @@ pub fn html(doc: &Document) -> String {
     o
 }
 
-/// Lines of text above the charts at most, and characters per line.
-const TEXT_LINES: usize = 24;
-const LINE_CHARS: usize = 130;
+/// Lines of text above the charts at most, and characters per line (at 13 px; the
+/// bold 14 px lines get fewer).
+const TEXT_LINES: usize = 30;
+const LINE_CHARS: usize = 128;
 const LINE_HEIGHT: u32 = 18;
 
 /// One picture: the verdict and the report's rows as text, then the charts one
 /// under another.
 pub fn svg(doc: &Document) -> String {
+    // (font size, bold, text); long texts wrap.
     let mut lines: Vec<(u32, bool, String)> = vec![(
         20,
         true,
         format!("loadtest {}: {}", doc.scenario, verdict(doc)),
     )];
-    lines.push((14, true, checks(doc)));
+    let mut add = |size: u32, bold: bool, text: &str| {
+        let width = if bold { LINE_CHARS * 6 / 7 } else { LINE_CHARS };
+        lines.extend(wrapped(text, width).into_iter().map(|t| (size, bold, t)));
+    };
+    add(14, true, &checks(doc));
     if let Some(started) = &doc.started {
-        lines.push((13, false, format!("started: {started}")));
+        add(13, false, &format!("started: {started}"));
     }
     for (k, v) in &doc.rows {
-        lines.push((13, false, format!("{k}: {v}")));
+        add(13, false, &format!("{k}: {v}"));
     }
     if !doc.totals.is_empty() {
-        lines.push((13, false, format!("in the charts: {}", totals(doc))));
+        add(13, false, &format!("in the charts: {}", totals(doc)));
     }
-    lines.push((13, false, format!("command: {}", doc.command)));
+    add(13, false, &format!("command: {}", doc.command));
     for p in &doc.problems {
-        lines.push((13, false, format!("problem: {p}")));
+        add(13, false, &format!("problem: {p}"));
     }
     if doc.truncated {
-        lines.push((
+        add(
             13,
             false,
-            "the run outlasted the series' bound: its later part is only in the totals".into(),
-        ));
+            "the run outlasted the series' bound: its later part is only in the totals",
+        );
     }
-    lines.truncate(TEXT_LINES);
+    if lines.len() > TEXT_LINES {
+        lines.truncate(TEXT_LINES - 1);
+        lines.push((13, false, "...".into()));
+    }
     let head = 16 + LINE_HEIGHT * lines.len() as u32 + 10;
     let height = head + HEIGHT * doc.charts.len() as u32;
     let mut o = String::new();
     writeln!(
         o,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" viewBox=\"0 0 {WIDTH} {height}\" font-family=\"sans-serif\">\n<rect width=\"{WIDTH}\" height=\"{height}\" fill=\"white\"/>"
-    ).expect("bug: String write");
+    )
+    .expect("bug: String write");
     writeln!(
         o,
         "<title>{}</title>",
@@ -189,7 +199,7 @@ pub fn svg(doc: &Document) -> String {
         writeln!(
             o,
             "<text x=\"12\" y=\"{y}\" font-size=\"{size}\" fill=\"{fill}\"{weight}>{}</text>",
-            escape(&shortened(text))
+            escape(text)
         )
         .expect("bug: String write");
     }
@@ -207,12 +217,41 @@ pub fn svg(doc: &Document) -> String {
     o
 }
 
-/// At most [`LINE_CHARS`] characters.
-fn shortened(s: &str) -> String {
-    match s.char_indices().nth(LINE_CHARS) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_owned(),
+/// `text` in lines of at most `width` characters (more than 4), broken at spaces
+/// where it can be (a word longer than a line is cut); continuation lines are
+/// indented.
+fn wrapped(text: &str, width: usize) -> Vec<String> {
+    const INDENT: &str = "    ";
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    let mut room = width;
+    for word in text.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        loop {
+            let used = line.chars().count();
+            let sep = usize::from(used > 0);
+            if used + sep + word.len() <= room {
+                if sep == 1 {
+                    line.push(' ');
+                }
+                line.extend(&word);
+                break;
+            }
+            if used > 0 {
+                lines.push(std::mem::take(&mut line));
+            } else {
+                let rest = word.split_off(room.min(word.len()));
+                lines.push(word.into_iter().collect());
+                word = rest;
+            }
+            room = width - INDENT.len();
+        }
     }
+    lines.push(line);
+    for l in lines.iter_mut().skip(1) {
+        l.insert_str(0, INDENT);
+    }
+    lines
 }
 
 /// A name usable in a `data-` attribute: lowercase letters, digits and hyphens.
@@ -223,4 +262,20 @@ fn attr_name(s: &str) -> String {
             _ => '-',
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_wrap_at_spaces_and_long_words_are_cut() {
+        assert_eq!(wrapped("a bb ccc", 20), ["a bb ccc"]);
+        assert_eq!(wrapped("aaa bbb ccc", 7), ["aaa bbb", "    ccc"]);
+        assert_eq!(
+            wrapped("abcdefghij k", 6),
+            ["abcdef", "    gh", "    ij", "    k"]
+        );
+        assert_eq!(wrapped("", 5), [""]);
+    }
 }

@@ -157,7 +157,7 @@ fn latency_over_time(area: &Area<'_>, s: &Series, seconds: f64) -> Drawn {
         .light_line_style(LIGHT)
         .draw()
         .map_err(plotting)?;
-    marks(&mut chart, s, lo, hi, hi / (hi / lo).powf(0.03))?;
+    marks(&mut chart, s, lo, hi, lo * (hi / lo).powf(0.03))?;
     for (i, (name, pick)) in lines.iter().enumerate() {
         let color = PALETTE[i];
         // A line per run of samples with latencies: no line across a gap.
@@ -192,7 +192,7 @@ fn deliveries_over_time(area: &Area<'_>, s: &Series, seconds: f64) -> Drawn {
         .light_line_style(LIGHT)
         .draw()
         .map_err(plotting)?;
-    marks(&mut chart, s, 0.0, top, top * 0.97)?;
+    marks(&mut chart, s, 0.0, top, top * 0.03)?;
     let color = PALETTE[0];
     chart
         .draw_series(
@@ -252,7 +252,7 @@ fn events_over_time(area: &Area<'_>, s: &Series, seconds: f64) -> Drawn {
         .light_line_style(LIGHT)
         .draw()
         .map_err(plotting)?;
-    marks(&mut chart, s, lo, hi, hi / (hi / lo).powf(0.03))?;
+    marks(&mut chart, s, lo, hi, lo * (hi / lo).powf(0.03))?;
     for (i, (kind, counts)) in s.events.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let seconds: Vec<(usize, u64)> = counts.iter().copied().enumerate().collect();
@@ -273,7 +273,8 @@ fn events_over_time(area: &Area<'_>, s: &Series, seconds: f64) -> Drawn {
 type Cartesian<'a, Y> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>;
 
 /// Phase changes as grey vertical lines from `lo` to `hi`, labelled at `label_y`
-/// (beside the line, on its left in the last fifth of the chart).
+/// near the bottom, clear of the legend (beside the line, on its left in the last
+/// fifth of the chart).
 fn marks<Y>(chart: &mut Cartesian<'_, Y>, s: &Series, lo: f64, hi: f64, label_y: f64) -> Drawn
 where
     Y: Ranged<ValueType = f64>,
@@ -292,7 +293,7 @@ where
         };
         let style = TextStyle::from((FONT, 12))
             .color(&MARK)
-            .pos(Pos::new(h, VPos::Top));
+            .pos(Pos::new(h, VPos::Bottom));
         chart
             .draw_series(std::iter::once(Text::new(text, (*at, label_y), style)))
             .map_err(plotting)?;
@@ -362,9 +363,9 @@ fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if hi <= 0.0 {
         return (0.001, 1.0);
     }
-    let lo = 10f64.powf((lo.max(0.001) / 1.1).log10().floor()).max(0.001);
+    let lo = 10f64.powf(lo.max(0.001).log10().floor()).max(0.001);
     // A hair below the decade, so that the axis labels it too.
-    (lo * 0.999, decade_above(hi * 1.1).max(lo * 10.0))
+    (lo * 0.999, decade_above(hi).max(lo * 10.0))
 }
 
 /// The power of ten at or above `v`.
@@ -477,7 +478,7 @@ mod tests {
             )
         };
         close(log_range([0.0, 2.0, 30.0].into_iter()), (0.999, 100.0));
-        close(log_range([150.0, 230.0].into_iter()), (99.9, 1000.0));
+        close(log_range([102.0, 994.0].into_iter()), (99.9, 1000.0));
         close(log_range([0.0001, 0.5].into_iter()), (0.000999, 1.0));
         assert_eq!(log_range(std::iter::empty()), (0.001, 1.0));
         assert_eq!(
