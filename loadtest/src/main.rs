@@ -193,7 +193,9 @@ fn cluster_scenario(cli: &Cli, o: &ClusterOptions) -> anyhow::Result<Cli> {
 
 /// Where a report goes: stdout (a table or JSON) and `--report`'s file.
 struct Output {
+    /// One JSON object instead of the table (--json).
     json: bool,
+    /// --report's file, checked before the run.
     file: Option<ReportFile>,
     /// The command line, for the file (secrets left out).
     command: String,
@@ -223,6 +225,9 @@ async fn scenario(
         Scenario::Soak(o) => run!(loadtest::soak::run, o),
         Scenario::Backend(o) => {
             done();
+            if out.file.is_some() {
+                bail!("--report: `backend` serves until Ctrl-C and makes no report");
+            }
             loadtest::backend::serve(o).await
         }
         Scenario::Cluster(_) => bail!("`cluster` runs a scenario, not another cluster"),
@@ -337,5 +342,21 @@ mod tests {
             };
             assert!(cluster_scenario(&cli, o).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn report_is_taken_before_or_after_the_scenario_and_after_cluster_dashes() {
+        let report = |args: &[&str]| Cli::try_parse_from(args).unwrap().report;
+        let want = Some(PathBuf::from("r.html"));
+        assert_eq!(report(&["loadtest", "--report", "r.html", "fanout"]), want);
+        assert_eq!(report(&["loadtest", "soak", "--report", "r.html"]), want);
+        let cli = Cli::try_parse_from([
+            "loadtest", "cluster", "--", "connect", "--report", "r.html", "--json",
+        ])
+        .unwrap();
+        let Scenario::Cluster(o) = &cli.scenario else {
+            panic!("cluster parses as cluster");
+        };
+        assert_eq!(cluster_scenario(&cli, o).unwrap().report, want);
     }
 }

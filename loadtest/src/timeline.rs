@@ -18,15 +18,15 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::dial::STOP_TIMEOUT;
 use crate::latency::{self, LatencyRecorder, LatencyUs, LogBucket};
 use crate::options::CommonOptions;
 
 /// How often the sampler takes a sample.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Time a series may cover beyond the duration and the drain: connecting (bounded
-/// by the connect timeouts, once per gate turn) and stopping. Past it, samples and
-/// events are still counted in the run's totals, not in the series.
+/// by the connect timeouts, once per gate turn) and stopping (bounded by
+/// `dial::STOP_TIMEOUT`). Past it, samples and events are still counted in the
+/// run's totals, not in the series.
 const SERIES_SLACK: Duration = Duration::from_secs(600);
 /// Event kinds kept apart; further kinds are counted as [`OTHER_KIND`].
 const MAX_EVENT_KINDS: usize = 12;
@@ -39,7 +39,7 @@ const BUCKETS_PER_OCTAVE: u32 = 4;
 /// Seconds a run's series may cover: its duration and drain, and room to connect and
 /// stop.
 pub fn series_seconds(common: &CommonOptions) -> usize {
-    let covered = common.duration + common.drain_timeout + STOP_TIMEOUT + SERIES_SLACK;
+    let covered = common.duration + common.drain_timeout + SERIES_SLACK;
     covered.as_secs() as usize + 1
 }
 
@@ -82,14 +82,18 @@ impl Sample {
 /// What a sampler took: its samples, and whether the run outlasted the bound.
 #[derive(Debug, Default)]
 pub struct Samples {
+    /// In time order, about one a second.
     pub samples: Vec<Sample>,
+    /// Set when the run outlasted the bound and sampling stopped.
     pub truncated: bool,
 }
 
 /// The sampling task of a run. Dropping it stops the task; [`Sampler::finish`]
 /// takes the last sample and returns them all.
 pub struct Sampler {
+    /// Ends the task (it takes a last sample first).
     stop: CancellationToken,
+    /// `None` once finished.
     task: Option<JoinHandle<Samples>>,
 }
 
@@ -144,11 +148,14 @@ async fn sample<S: Sampled + ?Sized>(
 /// The samples taken so far and what the next one starts from.
 struct Book {
     out: Samples,
+    /// Samples taken at most.
     cap: usize,
     /// The interval being taken, and the last one (kept so that a short last
     /// interval can be merged into it).
     now: Histogram<u64>,
     last: Histogram<u64>,
+    /// Where the next sample starts (seconds since the start), and the deliveries
+    /// counted until then.
     last_end: f64,
     last_deliveries: u64,
 }

@@ -32,6 +32,7 @@ pub enum Format {
 #[derive(Debug, Clone)]
 pub struct ReportFile {
     pub path: PathBuf,
+    /// From the extension.
     pub format: Format,
 }
 
@@ -85,6 +86,7 @@ impl ReportFile {
 pub struct Document {
     /// `fanout`, `chat`, ...
     pub scenario: String,
+    /// The verdict: every check passed.
     pub ok: bool,
     /// The counts the verdict rests on.
     pub checks: Vec<(&'static str, u64)>,
@@ -94,7 +96,9 @@ pub struct Document {
     pub started: Option<String>,
     /// The report's table rows.
     pub rows: Vec<(&'static str, String)>,
+    /// Where things went wrong (bounded by the report).
     pub problems: Vec<String>,
+    /// The charts the run's series has data for; none without a series.
     pub charts: Vec<Chart>,
     /// What the charts' buckets add up to, for a reader to compare with the rows:
     /// (name, total), e.g. `deliveries`.
