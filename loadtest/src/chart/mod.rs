@@ -3,21 +3,23 @@
 //! a table; no script); `.svg`: one picture with the verdict and the parameters as
 //! text above the charts stacked.
 //!
+//! - `document`: what a report file shows (verdict, checks, rows, charts, totals),
+//!   taken from a scenario's report.
 //! - `plot`: the charts (latency percentiles per second, deliveries per second, the
 //!   latency histogram, connection events per second), drawn with plotters' SVG
 //!   backend.
 //! - `page`: the HTML page and the stacked SVG around them; escaping.
 
+mod document;
 mod page;
 mod plot;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 
 use crate::report::Report;
-use crate::timeline::Series;
+pub use document::Document;
 pub use page::escape;
 pub use plot::Chart;
 
@@ -81,70 +83,6 @@ impl ReportFile {
     }
 }
 
-/// Everything a report file shows, as text and charts.
-#[derive(Debug)]
-pub struct Document {
-    /// `fanout`, `chat`, ...
-    pub scenario: String,
-    /// The verdict: every check passed.
-    pub ok: bool,
-    /// The counts the verdict rests on.
-    pub checks: Vec<(&'static str, u64)>,
-    /// The command line, secrets left out.
-    pub command: String,
-    /// Wall-clock start of the run (RFC 3339, UTC), when known.
-    pub started: Option<String>,
-    /// The report's table rows.
-    pub rows: Vec<(&'static str, String)>,
-    /// Where things went wrong (bounded by the report).
-    pub problems: Vec<String>,
-    /// The charts the run's series has data for; none without a series.
-    pub charts: Vec<Chart>,
-    /// What the charts' buckets add up to, for a reader to compare with the rows:
-    /// (name, total), e.g. `deliveries`.
-    pub totals: Vec<(String, u64)>,
-    /// Set when the run outlasted the series' bound.
-    pub truncated: bool,
-}
-
-impl Document {
-    pub fn of<R: Report>(report: &R, command: &str) -> anyhow::Result<Document> {
-        let series = report.series();
-        let charts = match series {
-            Some(s) => plot::charts(s)?,
-            None => Vec::new(),
-        };
-        Ok(Document {
-            scenario: report.scenario().to_owned(),
-            ok: report.ok(),
-            checks: report.checks(),
-            command: command.to_owned(),
-            started: series.filter(|s| s.started_unix_ms > 0).map(|s| {
-                let at = UNIX_EPOCH + Duration::from_millis(s.started_unix_ms);
-                humantime::format_rfc3339_seconds(at).to_string()
-            }),
-            rows: report.rows(),
-            problems: report.problems().to_vec(),
-            charts,
-            totals: series.map(totals).unwrap_or_default(),
-            truncated: series.is_some_and(|s| s.truncated),
-        })
-    }
-}
-
-/// What a series' buckets add up to.
-fn totals(s: &Series) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    if let Some(d) = s.deliveries() {
-        out.push(("deliveries".to_owned(), d));
-    }
-    out.push((s.latency_of.replace(' ', "_"), s.latency_count()));
-    for (kind, n) in s.event_totals() {
-        out.push((kind.to_owned(), n));
-    }
-    out
-}
-
 /// The command line for a report: arguments joined by spaces (quoted when they
 /// hold anything but plain characters), the values of --secret, --token and
 /// --api-key replaced by `***`.
@@ -176,9 +114,10 @@ pub fn command_line(args: impl IntoIterator<Item = String>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::document::totals;
     use super::*;
     use crate::latency::{LatencyRecorder, LatencyUs, LogBucket};
-    use crate::timeline::Sample;
+    use crate::timeline::{Sample, Series};
 
     const NASTY: &str = "<script>alert('x')</script> & \"quoted\"";
 

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
+use super::document::Document;
 use super::plot::{grouped, HEIGHT, WIDTH};
-use super::Document;
 
 const STYLE: &str = "body{font-family:sans-serif;max-width:1000px;margin:1em auto;padding:0 1em;color:#222}\
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}\
