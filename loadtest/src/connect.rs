@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::crowd::{ConnectionFigures, Crowd, CrowdOptions, CrowdParameters};
 use crate::options::CommonOptions;
 use crate::progress::ProgressFn;
-use crate::report::{self, Outcome, Problems, Report, Stopwatch};
+use crate::report::{Outcome, Problems, Report, Stopwatch};
+use crate::timeline::Series;
 
 /// Options of the `connect` scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,14 +59,29 @@ pub struct ConnectReport {
     /// `ok`: every connection accepted, none dropped before the end.
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The run over time, for `--report` (not in the JSON).
+    #[serde(skip)]
+    pub series: Series,
 }
 
 impl Report for ConnectReport {
+    fn scenario(&self) -> &str {
+        &self.scenario
+    }
+
     fn outcome(&self) -> &Outcome {
         &self.outcome
     }
 
-    fn table(&self) -> String {
+    fn checks(&self) -> Vec<(&'static str, u64)> {
+        self.connections.checks()
+    }
+
+    fn series(&self) -> Option<&Series> {
+        Some(&self.series)
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
         let p = &self.parameters;
         let mut rows = vec![
             ("scenario", self.scenario.clone()),
@@ -82,7 +98,7 @@ impl Report for ConnectReport {
         ];
         rows.extend(self.connections.rows());
         rows.extend(self.outcome.rows());
-        report::table(&rows, &self.outcome.problems)
+        rows
     }
 }
 
@@ -118,7 +134,7 @@ pub async fn run(
         progress,
     )
     .await?;
-    let connections = crowd.disperse(&mut problems).await;
+    let (connections, series) = crowd.disperse(&mut problems).await;
     Ok(ConnectReport {
         scenario: "connect".into(),
         parameters: ConnectParameters {
@@ -128,5 +144,6 @@ pub async fn run(
         },
         outcome: watch.outcome(connections.clean(), problems),
         connections,
+        series,
     })
 }

@@ -1,6 +1,7 @@
 //! A crowd: many connections, each subscribed to one room, held open answering
 //! pings until the run ends; what the connect and idle scenarios measure (how they
-//! arrive, what fails, who drops out).
+//! arrive, what fails, who drops out), and over time (connects, failures and
+//! disconnects per second, connect latency per second).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -22,6 +23,7 @@ use crate::options::{self, CommonOptions};
 use crate::progress::{Progress, ProgressFn, PROGRESS_INTERVAL};
 use crate::report::Problems;
 use crate::sys;
+use crate::timeline::{self, Events, Sampler, Series};
 
 /// Options of a crowd, shared by the connect and idle scenarios.
 #[derive(Debug, Clone, clap::Args)]
@@ -102,6 +104,18 @@ pub struct ConnectionFigures {
 }
 
 impl ConnectionFigures {
+    /// The counts [`ConnectionFigures::clean`] rests on.
+    pub fn checks(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            (
+                "not accepted",
+                self.connections_attempted - self.connections_accepted,
+            ),
+            ("connect errors", self.connect_errors),
+            ("disconnects", self.disconnects),
+        ]
+    }
+
     /// Every connection was accepted and none dropped.
     pub fn clean(&self) -> bool {
         self.connections_accepted == self.connections_attempted
@@ -147,6 +161,10 @@ pub struct Crowd {
     arrivals: mpsc::Receiver<Arrival>,
     /// Accepted connections that have ended so far.
     dropped: Arc<AtomicU64>,
+    /// Connects, failures and disconnects per second.
+    events: Arc<Events>,
+    /// Connect latency per second.
+    sampler: Sampler,
     /// Scenario start, for progress.
     t0: Instant,
     first_attempt: Instant,
@@ -154,7 +172,7 @@ pub struct Crowd {
     attempted: u64,
     accepted: u64,
     failed: u64,
-    latency: LatencyRecorder,
+    latency: Arc<LatencyRecorder>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -176,18 +194,27 @@ impl Crowd {
         let dialer = Dialer::new(common, concurrency).await?;
         sys::ensure_nofile(opts.connections)?;
         let rooms = options::room_names(&opts.room_prefix, opts.rooms);
-        let mut crowd = Crowd::spawn(dialer, rooms, opts.connections, started);
+        let cap = timeline::series_seconds(common);
+        let mut crowd = Crowd::spawn(dialer, rooms, opts.connections, started, cap);
         crowd.arrive(problems, progress).await;
         Ok(crowd)
     }
 
     /// Start `connections` connection tasks; connection n subscribes to
-    /// `rooms[n % rooms.len()]`.
-    fn spawn(dialer: Dialer, rooms: Vec<String>, connections: usize, t0: Instant) -> Crowd {
+    /// `rooms[n % rooms.len()]`. The series start at `t0` and cover `cap` seconds.
+    fn spawn(
+        dialer: Dialer,
+        rooms: Vec<String>,
+        connections: usize,
+        t0: Instant,
+        cap: usize,
+    ) -> Crowd {
         let dialer = Arc::new(dialer);
         let rooms = Arc::new(rooms);
         let cancel = CancellationToken::new();
         let dropped = Arc::new(AtomicU64::new(0));
+        let events = Arc::new(Events::new(t0, cap));
+        let latency = Arc::new(LatencyRecorder::new(1));
         let (tx, arrivals) = mpsc::channel(1024);
         let first_attempt = Instant::now();
         let mut tasks = JoinSet::new();
@@ -199,6 +226,7 @@ impl Crowd {
                 tx.clone(),
                 cancel.clone(),
                 dropped.clone(),
+                events.clone(),
             ));
         }
         Crowd {
@@ -206,13 +234,15 @@ impl Crowd {
             tasks,
             arrivals,
             dropped,
+            events,
+            sampler: Sampler::start(t0, latency.clone(), cap),
             t0,
             first_attempt,
             last_accept: None,
             attempted: connections as u64,
             accepted: 0,
             failed: 0,
-            latency: LatencyRecorder::new(1),
+            latency,
             errors: BTreeMap::new(),
         }
     }
@@ -229,10 +259,13 @@ impl Crowd {
                         self.accepted += 1;
                         self.latency.record(0, &[setup.as_micros() as u64]);
                         let at = started + setup;
+                        self.events.record("connect", at);
                         self.last_accept = Some(self.last_accept.map_or(at, |l| l.max(at)));
                     }
                     Some(Err(e)) => {
                         self.failed += 1;
+                        let kind = format!("connect error {}", e.kind());
+                        self.events.record(&kind, Instant::now());
                         *self.errors.entry(e.kind()).or_default() += 1;
                         problems.sample("connect", format!("connect: {e}"));
                     }
@@ -241,6 +274,7 @@ impl Crowd {
                 _ = tick.tick() => self.report_progress("connecting", progress),
             }
         }
+        self.events.mark("all in", Instant::now());
     }
 
     /// Keep the connections open until `deadline`, reporting progress.
@@ -273,8 +307,8 @@ impl Crowd {
         }
     }
 
-    /// Close every connection and tally the run.
-    pub async fn disperse(mut self, problems: &mut Problems) -> ConnectionFigures {
+    /// Close every connection and tally the run; its figures and series.
+    pub async fn disperse(mut self, problems: &mut Problems) -> (ConnectionFigures, Series) {
         self.cancel.cancel();
         let mut disconnects = 0;
         for e in dial::join_tasks(self.tasks, problems)
@@ -292,7 +326,10 @@ impl Crowd {
         let connect_seconds = self
             .last_accept
             .map_or(0.0, |l| l.duration_since(self.first_attempt).as_secs_f64());
-        ConnectionFigures {
+        let samples = self.sampler.finish().await;
+        let latencies = self.latency.merged();
+        let series = Series::new(samples, &self.events, "connect latency", &latencies);
+        let figures = ConnectionFigures {
             connections_attempted: self.attempted,
             connections_accepted: self.accepted,
             connect_errors: self.failed,
@@ -302,10 +339,11 @@ impl Crowd {
             } else {
                 0.0
             },
-            connect_latency_us: LatencyUs::of(&self.latency.merged()),
+            connect_latency_us: LatencyUs::of(&latencies),
             disconnects,
             errors: self.errors,
-        }
+        };
+        (figures, series)
     }
 }
 
@@ -318,6 +356,7 @@ async fn member(
     arrivals: mpsc::Sender<Arrival>,
     cancel: CancellationToken,
     dropped: Arc<AtomicU64>,
+    events: Arc<Events>,
 ) -> Option<ClientError> {
     let room = rooms[conn % rooms.len()].as_str();
     let mut session = match dialer.open_session(conn, &[room]).await {
@@ -346,5 +385,6 @@ async fn member(
     .await;
     let e = served.err()?;
     dropped.fetch_add(1, Ordering::Relaxed);
+    events.record(&format!("disconnect {}", e.kind()), Instant::now());
     Some(e)
 }

@@ -12,8 +12,9 @@ use tokio::time::Instant;
 use crate::crowd::{ConnectionFigures, Crowd, CrowdOptions, CrowdParameters};
 use crate::options::CommonOptions;
 use crate::progress::ProgressFn;
-use crate::report::{self, Outcome, Problems, Report, Stopwatch};
+use crate::report::{Outcome, Problems, Report, Stopwatch};
 use crate::sys;
+use crate::timeline::Series;
 
 /// Options of the `idle` scenario (`--duration` is how long the connections are
 /// held once all are in; `--connect-concurrency` bounds the setup).
@@ -81,14 +82,29 @@ pub struct IdleReport {
     /// made.
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The run over time, for `--report` (not in the JSON).
+    #[serde(skip)]
+    pub series: Series,
 }
 
 impl Report for IdleReport {
+    fn scenario(&self) -> &str {
+        &self.scenario
+    }
+
     fn outcome(&self) -> &Outcome {
         &self.outcome
     }
 
-    fn table(&self) -> String {
+    fn checks(&self) -> Vec<(&'static str, u64)> {
+        self.connections.checks()
+    }
+
+    fn series(&self) -> Option<&Series> {
+        Some(&self.series)
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
         let p = &self.parameters;
         let mib = |b: Option<u64>| {
             b.map_or_else(|| "-".into(), |b| format!("{:.1}", b as f64 / 1048576.0))
@@ -126,7 +142,7 @@ impl Report for IdleReport {
             ),
         ));
         rows.extend(self.outcome.rows());
-        report::table(&rows, &self.outcome.problems)
+        rows
     }
 }
 
@@ -174,7 +190,7 @@ pub async fn run(
     let harness_after = sys::rss_bytes(None).context("/proc/self/status")?;
     crowd.hold_until(end, progress).await;
     let gateway_end = gateway_rss("at the end", &mut problems);
-    let connections = crowd.disperse(&mut problems).await;
+    let (connections, series) = crowd.disperse(&mut problems).await;
 
     let accepted = connections.connections_accepted;
     let per_connection = |before: u64, after: u64| {
@@ -206,5 +222,6 @@ pub async fn run(
         notes,
         outcome: watch.outcome(connections.clean() && memory_read, problems),
         connections,
+        series,
     })
 }

@@ -8,6 +8,8 @@
 //!   time): writing it, its fast parse from a push, and the `--payload` bound.
 //! - [`check`]: per-stream sequence checks and per-room offset checks.
 //! - [`latency`]: sharded HDR histograms of latencies in microseconds.
+//! - [`timeline`]: the run over time: samples once a second (deliveries, latency
+//!   percentiles) and connection events per second, bounded by the run's length.
 //! - [`fanout`]: the fanout scenario (rooms, subscribers, publishers at a rate,
 //!   publishing on their connection or through the server HTTP API) and its report.
 //! - [`chat`]: the chat scenario (every member of a room publishes and receives),
@@ -28,12 +30,16 @@
 //! - [`crowd`]: many connections held open answering pings, for connect and idle.
 //! - [`dial`]: opening numbered connections (URL, source address, token, bounded
 //!   concurrency) and stopping connection tasks.
-//! - [`report`]: what every report offers (verdict, problems, table) and shared pieces.
+//! - [`report`]: what every report offers (verdict, problems, table, series) and
+//!   shared pieces.
+//! - [`chart`]: `--report FILE`: the run's charts in a self-contained HTML page or
+//!   one SVG.
 //! - [`options`]: options every scenario shares (URLs, tokens, duration, bounds).
 //! - [`progress`]: progress snapshots handed to the caller while a scenario runs.
 //! - [`sys`]: CPU time used, the open-file limit, resident memory, Ctrl-C.
 
 pub mod backend;
+pub mod chart;
 pub mod chat;
 pub mod check;
 pub mod client;
@@ -51,6 +57,7 @@ pub mod report;
 pub mod soak;
 pub mod stamp;
 pub mod sys;
+pub mod timeline;
 
 pub use chat::ChatOptions;
 pub use connect::{ConnectOptions, ConnectReport};

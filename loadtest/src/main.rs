@@ -2,11 +2,13 @@
 //! when every check passed, 1 when one failed, 2 when the run could not be made.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use loadtest::backend::BackendOptions;
+use loadtest::chart::{self, ReportFile};
 use loadtest::cluster::ClusterOptions;
 use loadtest::progress::ProgressFn;
 use loadtest::{
@@ -26,6 +28,13 @@ struct Cli {
     /// Print the report as exactly one JSON object on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Also write the report to look at: FILE.html, a self-contained page (charts
+    /// as inline SVG, parameters and verdict in a table, no script), or FILE.svg,
+    /// one picture with the verdict above the charts. Charts: latency percentiles
+    /// per second, deliveries per second, the latency histogram, connection events
+    /// per second (connect and idle: connect latency and events).
+    #[arg(long, global = true, value_name = "FILE")]
+    report: Option<PathBuf>,
     /// Raise the soft open-file limit (RLIMIT_NOFILE) to the hard limit first.
     #[arg(long, global = true)]
     nofile: bool,
@@ -119,6 +128,19 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
     };
     let json = cli.json || inner_flag(|i| i.json);
+    let out = Output {
+        json,
+        file: match cli
+            .report
+            .as_ref()
+            .or(inner.as_ref().and_then(|i| i.report.as_ref()))
+        {
+            Some(path) => Some(ReportFile::new(path)?),
+            None => None,
+        },
+        command: chart::command_line(std::env::args()),
+    };
+    let out = &out;
     runtime.block_on(async {
         match (&cli.scenario, &inner) {
             (Scenario::Cluster(o), Some(inner)) => {
@@ -129,11 +151,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                         api_key: Some(access.api_key),
                         ..inner.common.clone()
                     };
-                    scenario(&common, &inner.scenario, progress, &done, json).await
+                    scenario(&common, &inner.scenario, progress, &done, out).await
                 })
                 .await
             }
-            (s, _) => scenario(&cli.common, s, progress, &done, json).await,
+            (s, _) => scenario(&cli.common, s, progress, &done, out).await,
         }
     })
 }
@@ -169,20 +191,30 @@ fn cluster_scenario(cli: &Cli, o: &ClusterOptions) -> anyhow::Result<Cli> {
     Ok(inner)
 }
 
-/// Run one scenario and print its report; its verdict.
-/// Run one scenario; `done` clears the progress line before the report is printed.
+/// Where a report goes: stdout (a table or JSON) and `--report`'s file.
+struct Output {
+    /// One JSON object instead of the table (--json).
+    json: bool,
+    /// --report's file, checked before the run.
+    file: Option<ReportFile>,
+    /// The command line, for the file (secrets left out).
+    command: String,
+}
+
+/// Run one scenario and print its report; its verdict. `done` clears the progress
+/// line before the report is printed.
 async fn scenario(
     common: &CommonOptions,
     scenario: &Scenario,
     progress: Option<ProgressFn<'_>>,
     done: &(dyn Fn() + Sync),
-    json: bool,
+    out: &Output,
 ) -> anyhow::Result<bool> {
     macro_rules! run {
         ($run:path, $o:expr) => {{
             let report = $run(common, $o, progress).await;
             done();
-            finish(report?, json)
+            finish(report?, out)
         }};
     }
     match scenario {
@@ -193,15 +225,19 @@ async fn scenario(
         Scenario::Soak(o) => run!(loadtest::soak::run, o),
         Scenario::Backend(o) => {
             done();
+            if out.file.is_some() {
+                bail!("--report: `backend` serves until Ctrl-C and makes no report");
+            }
             loadtest::backend::serve(o).await
         }
         Scenario::Cluster(_) => bail!("`cluster` runs a scenario, not another cluster"),
     }
 }
 
-/// Print `report` (one JSON object, or the table) and return its verdict.
-fn finish(report: impl Report, json: bool) -> anyhow::Result<bool> {
-    if json {
+/// Print `report` (one JSON object, or the table), write its file if asked, and
+/// return its verdict.
+fn finish(report: impl Report, out: &Output) -> anyhow::Result<bool> {
+    if out.json {
         println!("{}", serde_json::to_string(&report)?);
         if !report.ok() {
             eprintln!("loadtest: FAILED");
@@ -211,6 +247,10 @@ fn finish(report: impl Report, json: bool) -> anyhow::Result<bool> {
         }
     } else {
         print!("{}", report.table());
+    }
+    if let Some(file) = &out.file {
+        file.write(&report, &out.command)?;
+        eprintln!("loadtest: report written to {}", file.path.display());
     }
     Ok(report.ok())
 }
@@ -302,5 +342,21 @@ mod tests {
             };
             assert!(cluster_scenario(&cli, o).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn report_is_taken_before_or_after_the_scenario_and_after_cluster_dashes() {
+        let report = |args: &[&str]| Cli::try_parse_from(args).unwrap().report;
+        let want = Some(PathBuf::from("r.html"));
+        assert_eq!(report(&["loadtest", "--report", "r.html", "fanout"]), want);
+        assert_eq!(report(&["loadtest", "soak", "--report", "r.html"]), want);
+        let cli = Cli::try_parse_from([
+            "loadtest", "cluster", "--", "connect", "--report", "r.html", "--json",
+        ])
+        .unwrap();
+        let Scenario::Cluster(o) = &cli.scenario else {
+            panic!("cluster parses as cluster");
+        };
+        assert_eq!(cluster_scenario(&cli, o).unwrap().report, want);
     }
 }

@@ -1,5 +1,6 @@
-//! What every scenario's report offers the binary (a verdict, problems, a table, and
-//! through `Serialize` one JSON object), and the pieces reports share.
+//! What every scenario's report offers the binary (a verdict, problems, a table, its
+//! series for the charts of `--report`, and through `Serialize` one JSON object),
+//! and the pieces reports share.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -8,12 +9,15 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::sys;
+use crate::timeline::Series;
 
 /// Lines of `problems` in a report.
 const PROBLEM_LINES: usize = 20;
 
 /// A scenario's report.
 pub trait Report: Serialize {
+    /// The scenario's name (`fanout`, `chat`, ...).
+    fn scenario(&self) -> &str;
     /// How the run ended.
     fn outcome(&self) -> &Outcome;
     /// Whether every check passed.
@@ -24,8 +28,20 @@ pub trait Report: Serialize {
     fn problems(&self) -> &[String] {
         &self.outcome().problems
     }
-    /// The report for people: an aligned two-column table.
-    fn table(&self) -> String;
+    /// The report for people as (name, value) rows: the plan, what was measured,
+    /// the harness's cost and the verdict.
+    fn rows(&self) -> Vec<(&'static str, String)>;
+    /// The report for people: an aligned two-column table of its rows, then the
+    /// problems.
+    fn table(&self) -> String {
+        table(&self.rows(), self.problems())
+    }
+    /// The counts the verdict rests on (`lost`, `duplicated`, ...), for a headline.
+    fn checks(&self) -> Vec<(&'static str, u64)>;
+    /// The run over time, for charts; `None` when the scenario keeps none.
+    fn series(&self) -> Option<&Series> {
+        None
+    }
 }
 
 /// How a run ended: the closing fields of every report (flattened into it).

@@ -81,7 +81,7 @@ pub struct ClusterOptions {
     #[arg(long, hide_default_value = true, default_value = "0s", value_parser = humantime::parse_duration)]
     pub drain_window: Duration,
     /// The scenario and its options, after `--`: `-- fanout --rooms 10 --duration
-    /// 10s`. The cluster sets --url and --secret.
+    /// 10s --report fanout.html`. The cluster sets --url and --secret.
     #[arg(last = true, required = true, value_name = "SCENARIO")]
     pub scenario: Vec<String>,
 }

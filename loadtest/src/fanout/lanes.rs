@@ -70,6 +70,7 @@ pub(super) async fn publisher(
     );
     let (served, ()) = tokio::join!(serve, publish);
     if let Err(e) = served {
+        run.disconnected(&e);
         rx.disconnected = Some(e.to_string());
     }
     rx

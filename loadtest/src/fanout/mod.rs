@@ -30,6 +30,7 @@ use crate::progress::{Progress, ProgressFn, Ticker};
 use crate::report::{Problems, Stopwatch};
 use crate::stamp::validate_payload;
 use crate::sys;
+use crate::timeline::{self, Events, Sampler, Series};
 
 pub use api::ApiFigures;
 use api::ApiRun;
@@ -118,7 +119,8 @@ pub async fn run(
 ) -> anyhow::Result<FanoutReport> {
     let watch = Stopwatch::start();
     validate(common, opts)?;
-    let (run, go) = prepare(common, opts).await?;
+    let (run, go) = prepare(common, opts, watch.started).await?;
+    let sampler = Sampler::start(watch.started, run.clone(), timeline::series_seconds(common));
     let Connections {
         tasks,
         mut ready,
@@ -142,6 +144,7 @@ pub async fn run(
     let settle = published.unanswered > 0;
     let delivery_end = drain(&run, expected, settle, &mut monitor).await;
     let receivers = stop(&run, tasks, &mut problems).await;
+    let samples = sampler.finish().await;
     let received = count_received(&run, &receivers, &published, &mut problems);
     let counts = Counts {
         connections: monitor.connections,
@@ -152,7 +155,11 @@ pub async fn run(
         expected,
         received,
     };
-    Ok(build_report(common, opts, &watch, &run, counts, problems))
+    let latencies = run.latency.merged();
+    let series = Series::new(samples, &run.events, "delivery latency", &latencies);
+    Ok(build_report(
+        common, opts, &watch, &run, counts, series, problems,
+    ))
 }
 
 /// Resolve the gateways, check the open-file limit, and set up the state of the run;
@@ -160,6 +167,7 @@ pub async fn run(
 async fn prepare(
     common: &CommonOptions,
     opts: &FanoutOptions,
+    t0: Instant,
 ) -> anyhow::Result<(Arc<Run>, watch::Sender<Option<Instant>>)> {
     let dialer = Dialer::new(common, common.connect_concurrency).await?;
     sys::ensure_nofile(connection_count(opts))?;
@@ -180,6 +188,7 @@ async fn prepare(
         rate_per_publisher: opts.rate / f64::from(opts.publishers),
         counters: Counters::default(),
         latency: LatencyRecorder::new(workers * 2),
+        events: Events::new(t0, timeline::series_seconds(common)),
         anomalies: Mutex::new(Vec::new()),
         cancel: CancellationToken::new(),
         go: go_rx,
@@ -288,13 +297,16 @@ async fn wait_connected(
             m = ready.recv() => match m {
                 Some(Ready::Connected { rooms, publisher }) => {
                     monitor.connections += 1;
+                    monitor.run.events.record("connect", Instant::now());
                     joined.publishers += u64::from(publisher);
                     for r in rooms {
                         joined.receivers_in[r as usize] += 1;
                     }
                 }
-                Some(Ready::Failed { error }) => {
+                Some(Ready::Failed { error, kind }) => {
                     monitor.connect_errors += 1;
+                    let kind = format!("connect error {kind}");
+                    monitor.run.events.record(&kind, Instant::now());
                     problems.sample("connect", error);
                 }
                 None => break,
@@ -318,6 +330,9 @@ async fn publish(
 ) -> (Instant, Vec<PublisherDone>) {
     let publish_start = Instant::now();
     go.send_replace(Some(publish_start));
+    run.events.mark("publishing", publish_start);
+    run.events
+        .mark("publishing ends", publish_start + run.common.duration);
     let mut dones = Vec::new();
     let done_deadline =
         publish_start + run.common.duration + run.common.drain_timeout + Duration::from_secs(1);
@@ -406,6 +421,7 @@ fn build_report(
     watch: &Stopwatch,
     run: &Run,
     counts: Counts,
+    series: Series,
     mut problems: Problems,
 ) -> FanoutReport {
     let Counts {
@@ -469,5 +485,6 @@ fn build_report(
         offset_errors: r.offset_errors,
         unexpected_messages: r.unexpected,
         outcome: watch.outcome(ok, problems),
+        series,
     }
 }

@@ -97,11 +97,16 @@ pub(crate) async fn publisher(
                     }
                 }
                 Ok(Inbound::Closed { code, reason }) => {
+                    run.disconnected(&ClientError::Closed {
+                        code,
+                        reason: String::new(),
+                    });
                     rx.close_code = Some(code);
                     rx.disconnected = Some(format!("closed by the server: {code} {reason:?}"));
                     break;
                 }
                 Err(e) => {
+                    run.disconnected(&e);
                     rx.disconnected = Some(e.to_string());
                     break;
                 }

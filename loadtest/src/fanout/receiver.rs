@@ -191,6 +191,7 @@ pub(crate) async fn subscriber(
     )
     .await;
     if let Err(e) = served {
+        run.disconnected(&e);
         if let crate::client::ClientError::Closed { code, .. } = &e {
             rx.close_code = Some(*code);
         }

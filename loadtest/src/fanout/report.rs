@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use super::api::{ApiFigures, PublishVia};
 use crate::latency::LatencyUs;
-use crate::report::{self, Outcome, Report};
+use crate::report::{Outcome, Report};
+use crate::timeline::Series;
 
 /// What the run was asked to do.
 #[derive(Debug, Clone, Serialize)]
@@ -77,14 +78,43 @@ pub struct FanoutReport {
     /// things went wrong (room, publisher, sequence, connection).
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The run over time, for `--report` (not in the JSON).
+    #[serde(skip)]
+    pub series: Series,
 }
 
 impl Report for FanoutReport {
+    fn scenario(&self) -> &str {
+        &self.scenario
+    }
+
     fn outcome(&self) -> &Outcome {
         &self.outcome
     }
 
-    fn table(&self) -> String {
+    fn checks(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("lost", self.lost),
+            ("duplicated", self.duplicated),
+            ("reordered", self.reordered),
+            ("offset errors", self.offset_errors),
+            ("unexpected", self.unexpected_messages),
+            ("connect errors", self.connect_errors),
+            ("disconnects", self.disconnects),
+            ("publish errors", self.publish_errors),
+            ("unanswered", self.unanswered),
+            (
+                "not delivered",
+                self.expected_deliveries.saturating_sub(self.deliveries),
+            ),
+        ]
+    }
+
+    fn series(&self) -> Option<&Series> {
+        Some(&self.series)
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
         let p = &self.parameters;
         let plan = match p.members_per_room {
             Some(m) => format!(
@@ -109,7 +139,7 @@ impl Report for FanoutReport {
             PublishVia::Api => format!("{plan}, published through the server API"),
             PublishVia::Websocket => plan,
         };
-        let mut rows: Vec<(&str, String)> = vec![
+        let mut rows: Vec<(&'static str, String)> = vec![
             ("scenario", self.scenario.clone()),
             ("urls", p.urls.join(", ")),
             ("plan", plan),
@@ -174,6 +204,6 @@ impl Report for FanoutReport {
             ),
         ));
         rows.extend(self.outcome.rows());
-        report::table(&rows, &self.outcome.problems)
+        rows
     }
 }

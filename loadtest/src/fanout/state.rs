@@ -1,10 +1,10 @@
 //! State one fanout run shares between its coordinator and its connection tasks:
-//! the plan, counters, the latency recorder, the anomalies seen, and the start and
-//! stop signals; what they report (ready, a publisher's account); and opening a
-//! connection task's session.
+//! the plan, counters, the latency recorder, connection events, the anomalies seen,
+//! and the start and stop signals; what they report (ready, a publisher's account);
+//! and opening a connection task's session.
 
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::ApiRun;
 use super::plan::Plan;
+use crate::client::ClientError;
 use crate::dial::{Dialer, Session};
 use crate::latency::LatencyRecorder;
 use crate::options::CommonOptions;
+use crate::timeline::{Events, Sampled};
 
 /// Anomalies kept for the report (they are all counted).
 const ANOMALY_SAMPLES: usize = 1000;
@@ -75,8 +77,15 @@ impl fmt::Display for Anomaly {
 /// What a connection task tells the coordinator once its session is set up.
 #[derive(Debug)]
 pub(crate) enum Ready {
-    Connected { rooms: Vec<u32>, publisher: bool },
-    Failed { error: String },
+    Connected {
+        rooms: Vec<u32>,
+        publisher: bool,
+    },
+    /// `kind`: [`ClientError::kind`].
+    Failed {
+        error: String,
+        kind: String,
+    },
 }
 
 /// A publisher's account, sent to the coordinator once its publishing is over.
@@ -123,6 +132,8 @@ pub(crate) struct Run {
     pub(super) rate_per_publisher: f64,
     pub(super) counters: Counters,
     pub(super) latency: LatencyRecorder,
+    /// Connects, connect errors and disconnects per second.
+    pub(super) events: Events,
     pub(super) anomalies: Mutex<Vec<Anomaly>>,
     /// Ends every connection task.
     pub(super) cancel: CancellationToken,
@@ -137,6 +148,22 @@ impl Run {
         if v.len() < ANOMALY_SAMPLES {
             v.push(a);
         }
+    }
+
+    /// Count a connection that ended before the run did, now.
+    pub(super) fn disconnected(&self, e: &ClientError) {
+        self.events
+            .record(&format!("disconnect {}", e.kind()), Instant::now());
+    }
+}
+
+impl Sampled for Run {
+    fn deliveries(&self) -> Option<u64> {
+        Some(self.counters.deliveries.load(Ordering::Relaxed))
+    }
+
+    fn latency(&self) -> &LatencyRecorder {
+        &self.latency
     }
 }
 
@@ -165,6 +192,7 @@ pub(crate) async fn open_session(
             None,
             Ready::Failed {
                 error: e.to_string(),
+                kind: e.kind(),
             },
         ),
     };

@@ -156,8 +156,15 @@ pub(crate) async fn member(
         let mut after_3001 = false;
         let mut pause = match me.serve(session, &mut schedule, &mut go).await {
             SessionEnd::Cancelled => break,
-            SessionEnd::Planned => MAX_OFFLINE.mul_f64(me.rng.unit()),
+            SessionEnd::Planned => {
+                run.events.record("planned disconnect", Instant::now());
+                MAX_OFFLINE.mul_f64(me.rng.unit())
+            }
             SessionEnd::Lost(why, code) => {
+                let kind = code.map_or("disconnect without close".into(), |c| {
+                    format!("disconnect close {c}")
+                });
+                run.events.record(&kind, Instant::now());
                 me.tally.disconnects += 1;
                 after_3001 = code == Some(SHUTDOWN_CLOSE);
                 me.tally.closed_3001 += u64::from(after_3001);
@@ -183,7 +190,7 @@ pub(crate) async fn member(
             match opened {
                 Ok(s) => {
                     me.tally.reconnects += 1;
-                    run.reconnects.record(Instant::now());
+                    run.events.record("reconnect", Instant::now());
                     let recovered = s.subscribed[0].recovered;
                     me.tally.recovered_after_3001 += u64::from(after_3001 && recovered);
                     me.on_subscribed(&s.subscribed[0], false);
@@ -192,6 +199,8 @@ pub(crate) async fn member(
                 Err(e) => {
                     me.tally.reconnect_errors += 1;
                     me.tally.failures.count(&e);
+                    let kind = format!("reconnect error {}", e.kind());
+                    run.events.record(&kind, Instant::now());
                     run.note("reconnect", format!("member {m}: {e}"));
                     pause = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);

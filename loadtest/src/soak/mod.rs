@@ -37,6 +37,7 @@ use crate::progress::{Progress, ProgressFn, Ticker};
 use crate::report::{Problems, Stopwatch};
 use crate::stamp::validate_payload;
 use crate::sys;
+use crate::timeline::{self, Events, Sampler, Series};
 
 use member::Tally;
 pub use options::SoakOptions;
@@ -71,20 +72,26 @@ pub async fn run(
 ) -> anyhow::Result<SoakReport> {
     let watch = Stopwatch::start();
     validate(common, opts)?;
-    let (run, go) = prepare(common, opts).await?;
+    let (run, go) = prepare(common, opts, watch.started).await?;
+    let sampler = Sampler::start(watch.started, run.clone(), timeline::series_seconds(common));
     let (tasks, mut ready) = spawn_members(&run);
     let mut monitor = Monitor::new(&run, watch.started, progress);
     let (connected, connect_errors) = wait_connected(&run, &mut ready, &mut monitor).await;
     let connect_seconds = watch.started.elapsed().as_secs_f64();
     let start = publish(common, &go, &mut monitor).await;
+    run.events.mark("publishing", start);
+    run.events.mark("publishing ends", start + common.duration);
     let delivery_end = drain(&run, &mut monitor).await;
     let (tallies, mut problems) = stop(&run, tasks).await;
+    let samples = sampler.finish().await;
     let counts = tally(&run, &tallies, &mut problems);
+    let latencies = run.latency.merged();
     let measured = Measured {
         connected,
         connect_errors,
         connect_seconds,
         window: delivery_end.duration_since(start).as_secs_f64(),
+        series: Series::new(samples, &run.events, "delivery latency", &latencies),
     };
     Ok(build_report(
         common, opts, &watch, &run, measured, counts, problems,
@@ -96,6 +103,7 @@ pub async fn run(
 async fn prepare(
     common: &CommonOptions,
     opts: &SoakOptions,
+    t0: Instant,
 ) -> anyhow::Result<(Arc<Run>, watch::Sender<Option<Instant>>)> {
     let dialer = Dialer::new(common, common.connect_concurrency).await?;
     let total = opts.rooms as usize * opts.members as usize;
@@ -115,7 +123,7 @@ async fn prepare(
         cancel: CancellationToken::new(),
         go: go_rx,
         readers: TaskTracker::new(),
-        reconnects: reconnects::Series::new(),
+        events: Events::new(t0, timeline::series_seconds(common)),
         seed: std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish(),
@@ -176,9 +184,13 @@ async fn wait_connected(
     while connected + connect_errors < total {
         tokio::select! {
             m = ready.recv() => match m {
-                Some(Ok(())) => connected += 1,
+                Some(Ok(())) => {
+                    connected += 1;
+                    run.events.record("connect", Instant::now());
+                }
                 Some(Err(e)) => {
                     connect_errors += 1;
+                    run.events.record("connect error", Instant::now());
                     run.note("connect", e);
                 }
                 None => break,
@@ -254,6 +266,8 @@ struct Measured {
     connect_seconds: f64,
     /// Seconds from the start signal to the end of the drain.
     window: f64,
+    /// The run over time.
+    series: Series,
 }
 
 /// The verdict and the report.
@@ -276,7 +290,7 @@ fn build_report(
         + c.epoch_mismatches
         + c.publish_errors
         + measured.connect_errors;
-    let per_second = run.reconnects.per_second();
+    let per_second = run.events.per_second("reconnect");
     let strict_failures = c.recovery_failed + c.disconnects + c.reconnect_errors + c.unanswered;
     let ok = failures == 0
         && c.publications > 0
@@ -306,9 +320,10 @@ fn build_report(
         latency_us: LatencyUs::of(&run.latency.merged()),
         peak_reconnects_per_second: per_second.iter().copied().max().unwrap_or(0),
         reconnects_per_second: per_second,
-        started_unix_ms: run.reconnects.started_unix_ms,
+        started_unix_ms: run.events.started_unix_ms,
         counts: c,
         outcome: watch.outcome(ok, problems),
+        series: measured.series,
     }
 }
 

@@ -1,53 +1,14 @@
-//! How members came back: reconnects per second of the run (when each new
-//! connection's connect and subscribe were answered, client-side), failed attempts
-//! by kind, and connections the server closed with 3001 (shutdown, reconnect).
+//! How members came back: failed attempts by kind, and the close code of a node
+//! shutting down (3001: reconnect). Reconnects per second are the run's `reconnect`
+//! events (`timeline`), counted when each new connection's connect and subscribe
+//! were answered, client-side.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::client::ClientError;
 
 /// The close code of a node that is shutting down: reconnect elsewhere.
 pub(super) const SHUTDOWN_CLOSE: u16 = 3001;
-
-/// Reconnects counted per whole second since the start of the run.
-pub(crate) struct Series {
-    t0: Instant,
-    /// Wall-clock milliseconds of `t0`, to line the series up with other events.
-    pub(super) started_unix_ms: u64,
-    buckets: Mutex<Vec<u64>>,
-}
-
-impl Series {
-    pub(super) fn new() -> Series {
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        Series {
-            t0: Instant::now(),
-            started_unix_ms: unix,
-            buckets: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Count one reconnect accepted at `at`.
-    pub(super) fn record(&self, at: Instant) {
-        let second = at.duration_since(self.t0).as_secs() as usize;
-        let mut b = self.buckets.lock();
-        if b.len() <= second {
-            b.resize(second + 1, 0);
-        }
-        b[second] += 1;
-    }
-
-    /// Reconnects in each second since the start.
-    pub(super) fn per_second(&self) -> Vec<u64> {
-        self.buckets.lock().clone()
-    }
-}
 
 /// Failed connect attempts by kind.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -104,13 +65,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn series_counts_per_whole_second_and_failures_by_kind() {
-        let s = Series::new();
-        s.record(s.t0 + Duration::from_millis(100));
-        s.record(s.t0 + Duration::from_millis(2500));
-        s.record(s.t0 + Duration::from_millis(2900));
-        assert_eq!(s.per_second(), vec![1, 0, 2]);
-
+    fn failures_count_by_kind() {
         let mut f = ConnectFailures::default();
         f.count(&ClientError::Timeout {
             what: "connect",

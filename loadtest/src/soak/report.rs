@@ -4,7 +4,8 @@ use serde::Serialize;
 
 use super::reconnects::ConnectFailures;
 use crate::latency::LatencyUs;
-use crate::report::{self, Outcome, Report};
+use crate::report::{Outcome, Report};
+use crate::timeline::Series;
 
 /// What the run was asked to do.
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +60,9 @@ pub struct SoakReport {
     /// offset).
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The run over time, for `--report` (not in the JSON).
+    #[serde(skip)]
+    pub series: Series,
 }
 
 /// The members' tallies added up.
@@ -111,11 +115,41 @@ pub struct SoakCounts {
 }
 
 impl Report for SoakReport {
+    fn scenario(&self) -> &str {
+        &self.scenario
+    }
+
     fn outcome(&self) -> &Outcome {
         &self.outcome
     }
 
-    fn table(&self) -> String {
+    fn checks(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counts;
+        let mut checks = vec![
+            ("lost", c.lost),
+            ("duplicated", c.duplicated),
+            ("reordered", c.reordered),
+            ("epoch mismatches", c.epoch_mismatches),
+            ("unexpected", c.unexpected_messages),
+            ("connect errors", self.connect_errors),
+            ("publish errors", c.publish_errors),
+        ];
+        if self.parameters.strict {
+            checks.extend([
+                ("recovery failed", c.recovery_failed),
+                ("disconnects", c.disconnects),
+                ("failed reconnects", c.reconnect_errors),
+                ("unanswered", c.unanswered),
+            ]);
+        }
+        checks
+    }
+
+    fn series(&self) -> Option<&Series> {
+        Some(&self.series)
+    }
+
+    fn rows(&self) -> Vec<(&'static str, String)> {
         let (p, c) = (&self.parameters, &self.counts);
         let latency = match &self.latency_us {
             Some(l) => format!(
@@ -124,7 +158,7 @@ impl Report for SoakReport {
             ),
             None => "no samples".into(),
         };
-        let mut rows: Vec<(&str, String)> = vec![
+        let mut rows: Vec<(&'static str, String)> = vec![
             ("scenario", self.scenario.clone()),
             ("urls", p.urls.join(", ")),
             (
@@ -196,6 +230,6 @@ impl Report for SoakReport {
             ),
         ];
         rows.extend(self.outcome.rows());
-        report::table(&rows, &self.outcome.problems)
+        rows
     }
 }

@@ -1,8 +1,9 @@
 //! State one soak run shares between its coordinator and its member tasks: the
 //! options, counters, each room's acked publications and each member's position,
-//! the latency recorder, the problems noted, and the start and stop signals.
+//! the latency recorder, connection events, the problems noted, and the start and
+//! stop signals.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -12,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::options::SoakOptions;
-use super::reconnects::Series;
 use crate::dial::Dialer;
 use crate::latency::LatencyRecorder;
 use crate::options::CommonOptions;
 use crate::report::Problems;
+use crate::timeline::{Events, Sampled};
 
 /// Longest a member stays away after a planned disconnect (a random time up to
 /// this), so that recovery has publications to return.
@@ -56,8 +57,8 @@ pub(crate) struct Run {
     pub(super) go: watch::Receiver<Option<Instant>>,
     /// The reading half of every session.
     pub(super) readers: TaskTracker,
-    /// Reconnects per second.
-    pub(super) reconnects: Series,
+    /// Connects, reconnects and disconnects per second, by kind.
+    pub(super) events: Events,
     /// Seeds each member's random schedule.
     pub(super) seed: u64,
 }
@@ -69,5 +70,15 @@ impl Run {
 
     pub(super) fn room_of(&self, member: usize) -> usize {
         member / self.opts.members as usize
+    }
+}
+
+impl Sampled for Run {
+    fn deliveries(&self) -> Option<u64> {
+        Some(self.counters.deliveries.load(Ordering::Relaxed))
+    }
+
+    fn latency(&self) -> &LatencyRecorder {
+        &self.latency
     }
 }

@@ -196,3 +196,64 @@ async fn cluster_passes_its_api_key_and_its_connect_proxy_to_the_scenario() {
     assert!(stderr.contains("backend answered: connect 60,"), "{stderr}");
     std::fs::remove_dir_all(&scratch).ok();
 }
+
+#[tokio::test]
+async fn cluster_passes_report_to_the_scenario_whose_file_adds_up_to_the_json() {
+    let _serial = SERIAL.lock().await;
+    let scratch = scratch_dir("cluster-report-test");
+    let file = scratch.join("fanout.html");
+    let (report, stderr) = cluster_run(
+        &scratch,
+        &[],
+        &[
+            "fanout",
+            "--rooms",
+            "2",
+            "--subscribers",
+            "10",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--json",
+            "--report",
+            file.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(stderr.contains("report written to"), "{stderr}");
+    let html = std::fs::read_to_string(&file).expect("the report file");
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let xml = roxmltree::Document::parse_with_options(&html, options)
+        .unwrap_or_else(|e| panic!("well-formed: {e}"));
+    let charts: Vec<&str> = xml
+        .descendants()
+        .filter(|n| n.has_tag_name("figure"))
+        .filter_map(|n| n.attribute("id"))
+        .collect();
+    assert_eq!(charts, ["latency", "deliveries", "histogram", "events"]);
+    let svgs = xml
+        .descendants()
+        .filter(|n| n.tag_name().name() == "svg")
+        .count();
+    assert_eq!(svgs, 4, "one inline SVG per chart");
+    let totals = xml
+        .descendants()
+        .find(|n| n.attribute("id") == Some("totals"))
+        .expect("the totals");
+    let total = |name: &str| totals.attribute(name).and_then(|v| v.parse::<u64>().ok());
+    // What the per-second buckets add up to is what the run counted.
+    assert_eq!(total("data-deliveries"), report["deliveries"].as_u64());
+    assert_eq!(
+        total("data-delivery-latency"),
+        report["latency_us"]["count"].as_u64()
+    );
+    assert_eq!(total("data-connect"), report["connections"].as_u64());
+    assert!(html.contains("loadtest fanout: <span class=\"ok\">OK</span>"));
+    std::fs::remove_dir_all(&scratch).ok();
+}
