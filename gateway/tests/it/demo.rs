@@ -285,16 +285,21 @@ async fn exited(proc: &mut Proc, within: Duration) -> Option<ExitStatus> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_browsers_chat_across_two_nodes_and_one_moves_on_when_its_node_dies() {
-    let chromium = chromium();
-    let sdk = crate::sdk::sdk_dir();
-    crate::sdk::require_node(&sdk).await;
+/// Fail (never skip) when npm `playwright-core` is missing from the SDK folder.
+pub(crate) fn require_playwright(sdk: &std::path::Path) {
     assert!(
         sdk.join("node_modules/playwright-core").is_dir(),
         "{} has no node_modules/playwright-core: run `scripts/test` (it runs `npm ci` there)",
         sdk.display()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_chat_across_two_nodes_and_one_moves_on_when_its_node_dies() {
+    let chromium = chromium();
+    let sdk = crate::sdk::sdk_dir();
+    crate::sdk::require_node(&sdk).await;
+    require_playwright(&sdk);
     let dir = std::env::temp_dir().join(format!("gateway-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");

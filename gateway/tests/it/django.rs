@@ -178,11 +178,7 @@ async fn django_backend_authenticates_stores_and_moderates_the_room() {
     let chromium = crate::demo::chromium();
     let sdk = crate::sdk::sdk_dir();
     crate::sdk::require_node(&sdk).await;
-    assert!(
-        sdk.join("node_modules/playwright-core").is_dir(),
-        "{} has no node_modules/playwright-core: run `scripts/test` (it runs `npm ci` there)",
-        sdk.display()
-    );
+    crate::demo::require_playwright(&sdk);
     let (django_port, gateway_port) = (free_port(), free_port());
     let site = Site::new(gateway_port);
     site.manage(&["migrate", "--verbosity", "0"]).await;
