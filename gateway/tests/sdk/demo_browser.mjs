@@ -15,6 +15,7 @@
 // reason, what each page shows and its console, and exits 1. Every wait is bounded.
 
 import { chromium } from 'playwright-core';
+import { check } from './wait.mjs';
 
 /** Upper bound for one wait on a page. */
 const WAIT_MS = 10000;
@@ -33,10 +34,6 @@ let browser = null;
 
 function step(msg) {
   console.log(`[${((Date.now() - started) / 1000).toFixed(2)}s] ${msg}`);
-}
-
-function check(cond, what) {
-  if (!cond) throw new Error(what);
 }
 
 /** What a page shows: connection state, members, messages, notices. */

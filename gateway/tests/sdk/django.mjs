@@ -19,8 +19,10 @@
 import { Centrifuge } from 'centrifuge';
 import { chromium } from 'playwright-core';
 import WebSocket from 'ws';
+import { check, within as withinMs } from './wait.mjs';
 
 const WAIT_MS = 5000;
+const within = (promise, what, ms = WAIT_MS) => withinMs(promise, what, ms);
 const SEQUENTIAL = 6;
 const BURST_EACH = 5;
 const MAX_TEXT = 500;
@@ -32,18 +34,6 @@ function finish(ok, extra) {
   process.exit(ok ? 0 : 1);
 }
 setTimeout(() => finish(false, 'overall timeout'), 30000).unref();
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), WAIT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-}
 
 /** Resolves once `cond()` holds, checked after each event of `emitter`. */
 function until(emitter, event, cond, what) {

@@ -9,10 +9,12 @@
 
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
+import { check, within as withinMs } from './wait.mjs';
 
 const ROOM = 'chat';
 /** Upper bound for any single wait. */
 const WAIT_MS = 5000;
+const within = (promise, what, ms = WAIT_MS) => withinMs(promise, what, ms);
 /** Upper bound for the whole script, so it exits even if something hangs unnoticed. */
 const OVERALL_MS = 45000;
 /** How long to watch for publications that should not come. */
@@ -41,12 +43,6 @@ function fail(reason) {
   process.exit(1);
 }
 
-function check(cond, what) {
-  if (!cond) {
-    throw new Error(what);
-  }
-}
-
 /** JSON with object keys sorted, so that comparisons ignore key order. */
 function canonical(v) {
   return JSON.stringify(v, (_, x) =>
@@ -63,13 +59,6 @@ function eq(actual, expected, what) {
 }
 
 /** Reject if `promise` does not settle within `ms`. */
-function within(promise, what, ms = WAIT_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 /** The `sub` claim of a JWT (no verification: the gateway does that). */
 function jwtSub(token) {

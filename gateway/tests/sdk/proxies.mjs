@@ -24,10 +24,12 @@
 
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
+import { check, within as withinMs } from './wait.mjs';
 
 const ROOM = 'deploy';
 /** Upper bound for one wait. */
 const WAIT_MS = 10000;
+const within = (promise, what, ms = WAIT_MS) => withinMs(promise, what, ms);
 /** Publications in the sequence of step 5, and the one after which the node dies. */
 const SEQ = 60;
 const KILL_AFTER = 20;
@@ -56,12 +58,6 @@ function fail(reason, who) {
   }
   console.log(JSON.stringify({ ok: false, proxy: label, reason: String(reason) }));
   process.exit(1);
-}
-
-function check(cond, what) {
-  if (!cond) {
-    throw new Error(what);
-  }
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -175,13 +171,6 @@ function reconnects(c) {
 }
 
 /** Reject if `promise` does not settle within `ms`. */
-function within(promise, what, ms = WAIT_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 async function main() {
   check(cfg.ws && cfg.http && cfg.apiKey && cfg.tokens && cfg.nodes, 'usage: node proxies.mjs <json config>');

@@ -11,8 +11,10 @@
 
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
+import { check, within as withinMs } from './wait.mjs';
 
 const WAIT_MS = 5000;
+const within = (promise, what, ms = WAIT_MS) => withinMs(promise, what, ms);
 const [url, cookie] = process.argv.slice(2);
 
 function finish(ok, reason) {
@@ -20,18 +22,6 @@ function finish(ok, reason) {
   process.exit(ok ? 0 : 1);
 }
 setTimeout(() => finish(false, 'overall timeout'), 30000).unref();
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), WAIT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-}
 
 /** A `ws` WebSocket that sends the session cookie, as a browser would. */
 class CookieWebSocket extends WebSocket {
