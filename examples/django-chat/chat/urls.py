@@ -9,4 +9,5 @@ urlpatterns = [
     path("chat/<str:room_name>/", views.room, name="room"),
     path("centrifugo/connect", views.connect_proxy),
     path("centrifugo/publish", views.publish_proxy),
+    path("centrifugo/rpc", views.rpc_proxy),
 ]

@@ -5,6 +5,7 @@ from cent import CentError
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import Http404, HttpResponseForbidden, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt
@@ -95,30 +96,71 @@ def connect_proxy(request):
     )
 
 
-def _reject(message):
-    return JsonResponse({"error": {"code": 400, "message": message, "temporary": False}})
+def _error(code, message, temporary=False):
+    return JsonResponse({"error": {"code": code, "message": message, "temporary": temporary}})
+
+
+def _chat_message(body, room_name, data):
+    """(room, user, text) of a message a client sends, or the error to answer."""
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        return _error(400, "empty message")
+    text = text.strip()
+    if len(text) > settings.CHAT_MAX_TEXT:
+        return _error(400, f"longer than {settings.CHAT_MAX_TEXT} characters")
+    if not isinstance(room_name, str) or not ROOM_NAME.match(room_name):
+        return _error(400, "no such room")
+    user_id = str(body.get("user", ""))
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id.isdigit() else None
+    if user is None:
+        return _error(400, "unknown user")
+    return room_name, user, text
 
 
 @csrf_exempt
 def publish_proxy(request):
-    """A client's publication: validate, store, and return what the room receives."""
+    """A client's publication: validate, store, and return what the room receives.
+
+    Rows follow the order in which this view ran; the room's offsets follow the
+    order in which the gateway published the answers. For two connections sending
+    at once the two orders can differ: `rpc_proxy`'s `send` keeps them equal.
+    """
     body = _proxy_request(request)
     if body is None:
         return HttpResponseForbidden()
-    channel = body.get("channel", "")
-    room_name = channel.removeprefix("chat:")
-    data = body.get("data")
-    text = data.get("text") if isinstance(data, dict) else None
-    if not isinstance(text, str) or not text.strip():
-        return _reject("empty message")
-    text = text.strip()
-    if len(text) > settings.CHAT_MAX_TEXT:
-        return _reject(f"longer than {settings.CHAT_MAX_TEXT} characters")
-    if not ROOM_NAME.match(room_name):
-        return _reject("no such room")
-    user_id = str(body.get("user", ""))
-    user = get_user_model().objects.filter(pk=user_id).first() if user_id.isdigit() else None
-    if user is None:
-        return _reject("unknown user")
+    checked = _chat_message(body, body.get("channel", "").removeprefix("chat:"), body.get("data"))
+    if isinstance(checked, JsonResponse):
+        return checked
+    room_name, user, text = checked
     message = Message.objects.create(room=room_name, user=user, text=text)
     return JsonResponse({"result": {"data": message.as_event()}})
+
+
+@csrf_exempt
+def rpc_proxy(request):
+    """`client.rpc("send", {"room", "text"})`: store and publish in one transaction.
+
+    The transaction holds the database's write lock (settings: SQLite's
+    `transaction_mode = IMMEDIATE`; on PostgreSQL, `select_for_update()` on a room
+    row) across the server API publish, so sends are stored in the order the room
+    receives them, and each row keeps its offset. A failed publish rolls the row
+    back and the client gets a temporary error to retry.
+    """
+    body = _proxy_request(request)
+    if body is None:
+        return HttpResponseForbidden()
+    if body.get("method") != "send":
+        return _error(104, "method not found")
+    data = body.get("data")
+    checked = _chat_message(body, data.get("room") if isinstance(data, dict) else None, data)
+    if isinstance(checked, JsonResponse):
+        return checked
+    room_name, user, text = checked
+    try:
+        with transaction.atomic():
+            message = Message.objects.create(room=room_name, user=user, text=text)
+            message.offset = gateway.publish(room_name, message.as_event())
+            message.save(update_fields=["offset"])
+    except CentError as e:
+        return _error(100, f"not published: {e}", temporary=True)
+    return JsonResponse({"result": {"data": {"id": message.id, "offset": message.offset}}})

@@ -52,6 +52,10 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("DJANGO_DB", BASE_DIR / "db.sqlite3"),
+        # Every transaction takes the write lock when it begins: chat.views.rpc_proxy
+        # holds it across its publish, so sends are stored in the room's order
+        # (and nothing fails with "database is locked" on a lock upgrade).
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -9,7 +9,8 @@
 //!   flow (see django.mjs), then the room the clients saw against the rows in
 //!   SQLite: every message stored exactly once, with the author, the rewritten
 //!   text and the moderator's edit; the deleted one gone; the messages sent one
-//!   after another stored in the order the room delivered them.
+//!   after another through the publish proxy, and the concurrent burst sent
+//!   with the `send` RPC, stored in the order the room delivered them.
 //! - Helpers: `Site` (the scratch directory, the Django and gateway processes)
 //!   and `manage` (a bounded `manage.py` run).
 //!
@@ -36,6 +37,8 @@ const API_KEY: &str = "django-api-key";
 /// The key the proxy URLs carry (`?key=`), checked by the Django views.
 const PROXY_KEY: &str = "django-proxy-key";
 const ROOM: &str = "lobby";
+/// Messages django.mjs sends concurrently with the `send` RPC (`2 * BURST_EACH`).
+const SENDS: usize = 10;
 
 fn example_dir() -> PathBuf {
     repo_root().join("examples").join("django-chat")
@@ -248,22 +251,33 @@ async fn django_backend_authenticates_stores_and_moderates_the_room() {
         .iter()
         .map(|r| r["id"].as_u64().expect("id"))
         .collect();
-    let delivered: Vec<u64> = seen["delivered"]
+    // The `send` RPC's rows (the ones with an offset: the concurrent burst and
+    // the page's message) are stored in the order the room delivered them, each
+    // with the offset it was delivered at.
+    let with_offset: Vec<(u64, u64)> = stored
+        .iter()
+        .filter_map(|r| Some((r["id"].as_u64()?, r["offset"].as_u64()?)))
+        .collect();
+    let delivered: Vec<(u64, u64)> = seen["delivered"]
         .as_array()
         .expect("delivered")
         .iter()
-        .map(|v| v.as_u64().expect("id"))
-        .filter(|id| stored_ids.contains(id))
+        .map(|v| {
+            (
+                v["id"].as_u64().expect("id"),
+                v["offset"].as_u64().expect("offset"),
+            )
+        })
+        .filter(|(id, _)| with_offset.iter().any(|(stored, _)| stored == id))
         .collect();
-    // Not asserted: concurrent publishes from two connections may be stored in
-    // another order than the room's (the example's README says why).
-    println!(
-        "room order {} storage order over all messages, the concurrent burst included",
-        if delivered == stored_ids {
-            "matched"
-        } else {
-            "differed from"
-        }
+    assert!(
+        with_offset.len() > SENDS,
+        "{} rows with an offset, want the {SENDS} sends and the page's message",
+        with_offset.len()
+    );
+    assert_eq!(
+        with_offset, delivered,
+        "the send RPC's rows (id, offset) in storage order are not the room's order"
     );
     let kept: Vec<u64> = sequential
         .iter()

@@ -9,12 +9,14 @@
 // alice connects with a JWT from Django's token view, bob with only his session
 // cookie through the connect proxy. Messages go through the publish proxy (stored,
 // trimmed, rejected when empty or too long; a concurrent burst keeps each
-// sender's order); a moderator edits and deletes through
+// sender's order), then through the `send` RPC (stored and published in one
+// transaction: a concurrent burst is stored in the room's order); a moderator
+// edits and deletes through
 // a Django view that publishes with `cent`; alice's room page in headless Chromium
-// (playwright-core) shows the stored room and sends a message; bob's logout closes his socket, and
+// (playwright-core) shows the stored room and sends a message (the send RPC); bob's logout closes his socket, and
 // his old cookie is then refused by the connect proxy. Prints one line per step,
 // then one JSON line {"ok":true,"messages":[...],"sequential":[...],"delivered":[...]}
-// (the room as the clients saw it; ids in offset order) or {"ok":false,"reason":...}; always exits.
+// (the room as the clients saw it; ids, and {id, offset}, in offset order) or {"ok":false,"reason":...}; always exits.
 
 import { Centrifuge } from 'centrifuge';
 import { chromium } from 'playwright-core';
@@ -205,6 +207,34 @@ async function main() {
   }
   console.log(`both clients saw the same ${total} messages, offsets ${ms[0].offset}..${ms.at(-1).offset}, as Django stored and rewrote them`);
 
+  // The `send` RPC stores and publishes in one transaction: a concurrent burst
+  // is stored in the room's order (checked against SQLite by django.rs), and each
+  // reply carries the row's id and the room's offset.
+  const sends = [];
+  for (let i = 0; i < BURST_EACH; i++) {
+    for (const from of [a, b]) sends.push(from.client.rpc('send', { room: args.room, text: ` send ${i} from ${from.name}` }));
+  }
+  const replies = (await within(Promise.all(sends), 'the sends')).map((r) => r.data);
+  const all = total + 2 * BURST_EACH;
+  for (const c of [a, b]) {
+    await until(c.sub, 'publication', () => messages(c).length >= all, `${c.name}: ${all} messages`);
+  }
+  check(messages(a).map(key).join() === messages(b).map(key).join(), 'alice and bob saw different sends');
+  const sent = messages(a).slice(total);
+  check(sent.length === 2 * BURST_EACH, `${messages(a).length} messages after the sends, want ${all}`);
+  const offsetOf = new Map(sent.map((p) => [p.data.id, p.offset]));
+  check(replies.every((r) => offsetOf.get(r.id) === r.offset), `send replies ${JSON.stringify(replies)}`);
+  for (const from of [a, b]) {
+    const mine = sent.filter((p) => p.data.text.endsWith(`from ${from.name}`)).map((p) => p.data.text);
+    const want = [...Array(BURST_EACH).keys()].map((i) => `send ${i} from ${from.name}`);
+    check(mine.join() === want.join(), `${from.name}'s sends in the room: ${mine}`);
+  }
+  for (const [method, data, code] of [['send', { room: args.room, text: ' ' }, 400], ['nope', {}, 104]]) {
+    const err = await within(a.client.rpc(method, data).then(() => null, (e) => e), `the ${method} rpc`);
+    check(err?.code === code, `rpc ${method} ${JSON.stringify(data)}: ${JSON.stringify(err)}`);
+  }
+  console.log(`the send RPC stored and published ${sent.length} concurrent messages (offsets ${sent[0].offset}..${sent.at(-1).offset}); a blank send got 400, an unknown method 104`);
+
   const [edited, deleted] = [ms[0].data.id, ms[1].data.id];
   const denied = await alice.post(`/chat/moderate/${edited}/`, { action: 'delete' });
   check(denied.status === 403, `a non-moderator's delete: HTTP ${denied.status}`);
@@ -245,7 +275,7 @@ async function main() {
   return {
     messages: [...room.values()].map(({ id, user, text, edited: e, offset }) => ({ id, user, text, edited: e, offset })),
     sequential: ms.slice(0, SEQUENTIAL).map((p) => p.data.id),
-    delivered: messages(a).map((p) => p.data.id),
+    delivered: messages(a).map((p) => ({ id: p.data.id, offset: p.offset })),
   };
 }
 

@@ -13,5 +13,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, room, **options):
         for m in Message.objects.filter(room=room).select_related("user"):
-            line = {"id": m.id, "user": m.user.get_username(), "text": m.text, "edited": m.edited}
+            line = {
+                "id": m.id,
+                "user": m.user.get_username(),
+                "text": m.text,
+                "edited": m.edited,
+                "offset": m.offset,
+            }
             self.stdout.write(json.dumps(line))

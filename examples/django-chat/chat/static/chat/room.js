@@ -1,6 +1,8 @@
 // The room page: the centrifuge-js SDK instead of a raw WebSocket and a consumer.
-// Django mints the connection token; the publish proxy stores and rewrites what is
-// sent; moderators' edits and deletions arrive as server-side publications.
+// Django mints the connection token; a message is sent as the `send` RPC, which
+// Django stores and publishes in one transaction (views.rpc_proxy), and arrives as
+// a publication like every other; moderators' edits and deletions are server-side
+// publications too.
 (function () {
   const read = (id) => JSON.parse(document.getElementById(id).textContent);
   const log = document.getElementById('chat-log');
@@ -31,6 +33,7 @@
     return (await res.json()).token;
   }
 
+  const room = read('room-name');
   const client = new Centrifuge(read('ws-url'), { getToken });
   client.on('disconnected', (ctx) => { status.textContent = `disconnected: ${ctx.reason}`; });
   client.on('connected', () => { status.textContent = ''; });
@@ -43,7 +46,7 @@
     const text = input.value.trim();
     if (!text) return;
     try {
-      await sub.publish({ text });
+      await client.rpc('send', { room, text });
       input.value = '';
     } catch (e) {
       status.textContent = `not sent: ${e.message}`;
