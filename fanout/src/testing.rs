@@ -1,5 +1,6 @@
 //! Real `redis-server` processes for tests (feature `test-util`): each on a free
 //! loopback port with its own directory, stopped when dropped. Never a shared Redis.
+//! One server, a Redis Cluster, or a primary with a replica under three sentinels.
 //! Also [`run_bounded`], for tests that run the project's own binaries.
 
 use std::fs::File;
@@ -214,6 +215,138 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+/// The master name [`RedisSentinels`] monitor.
+pub const SENTINEL_MASTER: &str = "mymaster";
+/// How long sentinels get to find each other and the replica.
+const SENTINEL_SETTLE: Duration = Duration::from_secs(30);
+
+/// Wait until `cond` holds (every 50 ms), or panic naming `what` past `timeout`.
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A primary, one replica and three sentinels monitoring it as
+/// [`SENTINEL_MASTER`] (quorum 2, down after one second), so a failover completes
+/// a few seconds after the primary dies.
+pub struct RedisSentinels {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<SentinelProcess>,
+}
+
+impl RedisSentinels {
+    pub fn start() -> Self {
+        let primary = RedisServer::start();
+        let port = primary.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+        wait_until("the replica in sync", START_TIMEOUT, || {
+            raw_command(replica.port, "INFO replication")
+                .is_some_and(|r| r.contains("master_link_status:up"))
+        });
+        let sentinels: Vec<SentinelProcess> = (0..3)
+            .map(|_| SentinelProcess::start(primary.port))
+            .collect();
+        for s in &sentinels {
+            wait_until(
+                "sentinels knowing each other and the replica",
+                SENTINEL_SETTLE,
+                || {
+                    raw_command(s.port, &format!("SENTINEL MASTER {SENTINEL_MASTER}")).is_some_and(
+                        |r| {
+                            r.contains("num-other-sentinels\r\n$1\r\n2")
+                                && r.contains("num-slaves\r\n$1\r\n1")
+                        },
+                    )
+                },
+            );
+        }
+        RedisSentinels {
+            primary,
+            replica,
+            sentinels,
+        }
+    }
+
+    /// `redis+sentinel://` URL listing the sentinels and the master name.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{SENTINEL_MASTER}", hosts.join(","))
+    }
+
+    /// The primary's port as the first sentinel answers now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let r = raw_command(
+            self.sentinels[0].port,
+            &format!("SENTINEL GET-MASTER-ADDR-BY-NAME {SENTINEL_MASTER}"),
+        )?;
+        r.lines().nth(4)?.trim().parse().ok()
+    }
+
+    /// Wait until the sentinels name the replica as the primary.
+    pub fn wait_for_failover(&self, timeout: Duration) {
+        wait_until("the failover to the replica", timeout, || {
+            self.primary_port() == Some(self.replica.port)
+        });
+    }
+}
+
+/// One `redis-server --sentinel` child process with its own config file.
+struct SentinelProcess {
+    port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl SentinelProcess {
+    fn start(primary: u16) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("sentinel-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("sentinel test dir");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\nloglevel warning\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
+                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                dir.display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/test installs it)");
+        let s = SentinelProcess { port, dir, child };
+        wait_until("a sentinel answering PING", START_TIMEOUT, || {
+            raw_command(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+        });
+        s
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

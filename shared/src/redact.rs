@@ -57,6 +57,10 @@ mod tests {
                 "redis+cluster://:a@h1:1, u:b@h2:2,h3:3",
                 "redis+cluster://:<redacted>@h1:1, u:<redacted>@h2:2,h3:3",
             ),
+            (
+                "redis+sentinel://:pw@s1:26379,s2:26379/mymaster/2",
+                "redis+sentinel://:<redacted>@s1:26379,s2:26379/mymaster/2",
+            ),
             ("not a url", "not a url"),
         ];
         for (url, want) in cases {

@@ -1,5 +1,5 @@
-//! The command connection and how commands are run on it: connecting (standalone
-//! or cluster), the retry-once policy, the health flag and its probe, reconnect
+//! The command connection and how commands are run on it: connecting (standalone,
+//! cluster, or the primary Sentinel names), the retry-once policy, the health flag and its probe, reconnect
 //! backoff, and the history read that publishing nodes and repairs share.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::RedisConfig;
 use super::keys::Keys;
 use super::scripts::{HistoryReply, Scripts};
+use super::target::Target;
 use crate::broker::new_epoch;
 use crate::broker::{BrokerError, HistoryPage, HistoryQuery, StreamPosition};
 
@@ -89,6 +90,15 @@ async fn invoke<T: redis::FromRedisValue>(
     inv.invoke_async(&mut cmd).await
 }
 
+/// Whether the first element of a ROLE reply is `master`.
+fn is_master(v: &Value) -> bool {
+    match v {
+        Value::BulkString(b) => b == b"master",
+        Value::SimpleString(s) => s == "master",
+        _ => false,
+    }
+}
+
 /// Whether a failed command may be run again.
 fn retryable(e: &redis::RedisError, idempotent: bool) -> bool {
     let never_sent = e.is_connection_refusal()
@@ -97,50 +107,10 @@ fn retryable(e: &redis::RedisError, idempotent: bool) -> bool {
     never_sent || (idempotent && (e.is_connection_dropped() || e.is_io_error()))
 }
 
-/// Where the engine connects.
-#[derive(Clone)]
-pub(super) enum Target {
-    Single(redis::Client),
-    Cluster {
-        client: Box<redis::cluster::ClusterClient>,
-        /// Seed nodes, for the pub/sub clients (each has its own push callback).
-        nodes: Vec<String>,
-    },
-}
-
-/// Parse the URL into a target. `redis+cluster://h1:p1,h2:p2` lists seed nodes.
-fn parse_target(url: &str, timeout: Duration) -> Result<Target, BrokerError> {
-    if let Some(rest) = url.strip_prefix("redis+cluster://") {
-        let nodes: Vec<String> = rest
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(|n| format!("redis://{n}"))
-            .collect();
-        if nodes.is_empty() {
-            return Err(BrokerError::Internal(
-                "redis+cluster:// needs at least one host:port".into(),
-            ));
-        }
-        let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .build()
-            .map_err(|e| BrokerError::Internal(format!("cluster url: {e}")))?;
-        Ok(Target::Cluster {
-            client: Box::new(client),
-            nodes,
-        })
-    } else {
-        let client = redis::Client::open(url)
-            .map_err(|e| BrokerError::Internal(format!("redis url: {e}")))?;
-        Ok(Target::Single(client))
-    }
-}
-
 async fn connect_cmd(target: &Target, timeout: Duration) -> Result<CmdConn, BrokerError> {
     match target {
-        Target::Single(client) => {
+        Target::Single(_) | Target::Sentinel(_) => {
+            let client = target.single().await?;
             let mc = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout))
@@ -192,7 +162,7 @@ impl Commands {
     /// Parse the URL and connect. Fails if Redis cannot be reached within the
     /// command timeout.
     pub(super) async fn connect(cfg: &RedisConfig) -> Result<Arc<Commands>, BrokerError> {
-        let target = parse_target(&cfg.url, cfg.command_timeout)?;
+        let target = Target::parse(&cfg.url, cfg.command_timeout)?;
         let cmd = connect_cmd(&target, cfg.command_timeout).await?;
         Ok(Arc::new(Commands {
             target,
@@ -315,25 +285,40 @@ impl Commands {
         }
     }
 
-    /// PING the command connection and set the health flag. `failed_probes` counts
-    /// probes failed in a row.
+    /// Probe the command connection and set the health flag: PING, or behind
+    /// Sentinel ROLE, which must say `master` (a primary demoted in a failover
+    /// still answers PING). `failed_probes` counts probes failed in a row.
     pub(super) async fn probe_health(&self, failed_probes: &mut u32) {
         let mut cmd = self.conn();
-        let r = tokio::time::timeout(
-            self.timeout,
-            redis::cmd("PING").query_async::<String>(&mut cmd),
-        )
-        .await;
-        let ok = matches!(r, Ok(Ok(_)));
+        let sentinel = matches!(self.target, Target::Sentinel(_));
+        let ok = if sentinel {
+            let r = tokio::time::timeout(
+                self.timeout,
+                redis::cmd("ROLE").query_async::<Value>(&mut cmd),
+            )
+            .await;
+            matches!(r, Ok(Ok(Value::Array(role))) if role.first().is_some_and(is_master))
+        } else {
+            let r = tokio::time::timeout(
+                self.timeout,
+                redis::cmd("PING").query_async::<String>(&mut cmd),
+            )
+            .await;
+            matches!(r, Ok(Ok(_)))
+        };
         self.ok.store(ok, Ordering::Relaxed);
         *failed_probes = if ok { 0 } else { *failed_probes + 1 };
-        // A connection that stopped answering without closing is replaced;
-        // one that closed reconnects by itself.
-        if *failed_probes >= 2 {
-            if let Ok(fresh) = connect_cmd(&self.target, self.timeout).await {
-                tracing::warn!("command connection unresponsive; replaced");
-                *self.cmd.lock() = fresh;
-                *failed_probes = 0;
+        // A connection that stopped answering without closing is replaced; one
+        // that closed reconnects by itself, to the same address: behind Sentinel
+        // the sentinels are asked for the primary at the first failed probe.
+        if *failed_probes >= if sentinel { 1 } else { 2 } {
+            match connect_cmd(&self.target, self.timeout).await {
+                Ok(fresh) => {
+                    tracing::warn!("command connection unresponsive or not to a primary; replaced");
+                    *self.cmd.lock() = fresh;
+                    *failed_probes = 0;
+                }
+                Err(e) => tracing::debug!(error = %e, "command connection not replaced yet"),
             }
         }
     }

@@ -21,6 +21,7 @@
 //! - `delivery`: the ordered delivery workers, deciding with `position`;
 //! - `presence`: presence entries and their periodic refresh;
 //! - `command`: the command connection, retries, health, history reads;
+//! - `target`: where to connect (one server, a cluster, Sentinel's primary);
 //! - `scripts` (Lua in `lua/`), `keys`, `config`.
 //!
 //! This module ties them together as [`RedisBroker`].
@@ -33,6 +34,7 @@ mod position;
 mod presence;
 mod pubsub;
 mod scripts;
+mod target;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -14,10 +14,11 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::command::{backoff, unavailable, Target};
+use super::command::{backoff, unavailable};
 use super::config::RedisConfig;
 use super::delivery::Delivery;
 use super::keys::{hash_index, Keys};
+use super::target::Target;
 use crate::broker::BrokerError;
 
 /// Where one room's subscription stands.
@@ -78,8 +79,8 @@ impl Subscriptions {
         });
         for (i, rx) in shard_rx.into_iter().enumerate() {
             match target {
-                Target::Single(client) => {
-                    tokio::spawn(single_shard_loop(subs.clone(), client.clone(), i, rx));
+                Target::Single(_) | Target::Sentinel(_) => {
+                    tokio::spawn(single_shard_loop(subs.clone(), target.clone(), i, rx));
                 }
                 Target::Cluster { nodes, .. } => {
                     tokio::spawn(cluster_shard_loop(subs.clone(), nodes.clone(), i, rx));
@@ -219,8 +220,9 @@ enum End {
     Lost,
 }
 
-/// One dedicated pub/sub connection to a standalone Redis: reconnects with backoff,
-/// resubscribes its rooms in batches, probes itself with PING.
+/// One dedicated pub/sub connection to a standalone Redis (or the primary Sentinel
+/// names, asked at every connect): reconnects with backoff, resubscribes its rooms
+/// in batches, probes itself with PING.
 ///
 /// Reading and commanding run side by side: the reader only routes messages, never
 /// waiting (a full worker queue marks the room for repair), while SUBSCRIBE,
@@ -228,7 +230,7 @@ enum End {
 /// in the connection's unbounded buffer behind a command or a busy worker.
 async fn single_shard_loop(
     subs: Arc<Subscriptions>,
-    client: redis::Client,
+    target: Target,
     index: usize,
     mut rx: mpsc::Receiver<Arc<str>>,
 ) {
@@ -237,6 +239,16 @@ async fn single_shard_loop(
     let mut attempt = 0u32;
     let mut first_connect = true;
     loop {
+        let client = match target.single().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(shard = index, error = %e, "no server to connect pub/sub to");
+                if !backoff(&subs.stop, &mut attempt).await {
+                    return;
+                }
+                continue;
+            }
+        };
         let pubsub = match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {

@@ -49,8 +49,9 @@ pub struct Config {
     /// This node's name in logs and the node registry. Default: the host name, or
     /// `gateway` when it cannot be read.
     pub node_name: String,
-    /// Redis URL (`redis://host:port` or `redis+cluster://h1:p1,h2:p2`). Absent: the
-    /// in-memory engine, one node alone.
+    /// Redis URL (`redis://host:port`, `redis+cluster://h1:p1,h2:p2`, or
+    /// `redis+sentinel://s1:p1,s2:p2/master-name` for the primary Sentinel names).
+    /// Absent: the in-memory engine, one node alone.
     pub redis_url: Option<String>,
     /// Key for the server HTTP API. Absent: the API is disabled.
     pub api_key: Option<String>,
@@ -286,10 +287,13 @@ impl Config {
                      (e.g. through a TLS sidecar such as stunnel)",
                 ));
             }
-            if !(url.starts_with("redis://") || url.starts_with("redis+cluster://")) {
+            if !["redis://", "redis+cluster://", "redis+sentinel://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
                 return Err(invalid(
                     "redis_url",
-                    "must start with redis:// or redis+cluster://",
+                    "must start with redis://, redis+cluster:// or redis+sentinel://",
                 ));
             }
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fanout::HistoryQuery;
+use fanout::{HistoryPage, HistoryQuery};
 use shared::auth::{unix_now, TokenError};
 use shared::codes::*;
 use shared::envelope::{EnvelopeError, SubscribeCommand};
@@ -339,50 +339,39 @@ impl Conn {
         let meta_ttl = opts.read_position_ttl();
         if recoverable && p.recover {
             result.was_recovering = true;
-            let limit = self.node.config.client.recovery_max_publication_limit;
-            let query = HistoryQuery {
-                since: Some(StreamPosition {
-                    offset: p.offset,
-                    epoch: p.epoch.clone(),
-                }),
-                limit: Some(limit),
-                reverse: false,
+            let since = StreamPosition {
+                offset: p.offset,
+                epoch: p.epoch.clone(),
             };
-            let page = broker
-                .history(channel, query, meta_ttl)
-                .await
-                .map_err(internal)?;
-            let top = page.position;
-            let verdict = recovery::verdict(&recovery::Attempt {
-                since_offset: p.offset,
-                since_epoch: &p.epoch,
-                top_offset: top.offset,
-                top_epoch: &top.epoch,
-                first: page.publications.first().map(|p| p.offset),
-                last: page.publications.last().map(|p| p.offset),
-                count: page.publications.len(),
-                limit,
-            });
-            let budget = self.out.max_bytes() / 2;
-            let verdict = match verdict {
-                recovery::Recovery::Exact
-                    if recovery::fitting(
-                        page.publications.iter().map(|p| recovery::reply_bytes(p)),
-                        budget,
-                    ) < page.publications.len() =>
-                {
-                    recovery::Recovery::OverBudget
-                }
-                v => v,
-            };
+            let (verdict, page) = self.read_recovery(channel, since, meta_ttl).await?;
             tracing::debug!(client = %self.client, %channel, ?verdict, "recovery");
             if verdict.answer(p.reject_unrecovered)? {
                 result.recovered = true;
                 result.offset = p.offset;
                 result.publications = page.publications;
-            } else {
-                result.offset = top.offset;
+                result.epoch = page.position.epoch.clone();
+                return Ok((result, Some((page.position.offset, page.position.epoch))));
             }
+            if verdict == recovery::Recovery::EpochChanged {
+                // The room's history started again (Redis restarted empty, or the
+                // stream expired). When the new epoch is whole from its first
+                // offset, the client gets all of it with `recovered: false`: it
+                // learns of the gap before, and misses nothing after.
+                let since = StreamPosition {
+                    offset: 0,
+                    epoch: page.position.epoch.clone(),
+                };
+                let (whole, new) = self.read_recovery(channel, since, meta_ttl).await?;
+                tracing::debug!(client = %self.client, %channel, ?whole, "new epoch handed over");
+                if whole == recovery::Recovery::Exact {
+                    result.offset = 0;
+                    result.publications = new.publications;
+                    result.epoch = new.position.epoch.clone();
+                    return Ok((result, Some((new.position.offset, new.position.epoch))));
+                }
+            }
+            let top = page.position;
+            result.offset = top.offset;
             result.epoch = top.epoch.clone();
             Ok((result, Some((top.offset, top.epoch))))
         } else {
@@ -399,6 +388,51 @@ impl Conn {
             result.epoch = top.epoch.clone();
             Ok((result, Some((top.offset, top.epoch))))
         }
+    }
+
+    /// Read the stream after `since` for a recovery, and judge the read
+    /// (`recovery::verdict`, and whether the publications fit half the
+    /// connection's outbound budget).
+    async fn read_recovery(
+        &self,
+        channel: &str,
+        since: StreamPosition,
+        meta_ttl: Duration,
+    ) -> Outcome<(recovery::Recovery, HistoryPage)> {
+        let limit = self.node.config.client.recovery_max_publication_limit;
+        let (since_offset, since_epoch) = (since.offset, since.epoch.clone());
+        let query = HistoryQuery {
+            since: Some(since),
+            limit: Some(limit),
+            reverse: false,
+        };
+        let page = self
+            .node
+            .broker
+            .history(channel, query, meta_ttl)
+            .await
+            .map_err(internal)?;
+        let verdict = recovery::verdict(&recovery::Attempt {
+            since_offset,
+            since_epoch: &since_epoch,
+            top_offset: page.position.offset,
+            top_epoch: &page.position.epoch,
+            first: page.publications.first().map(|p| p.offset),
+            last: page.publications.last().map(|p| p.offset),
+            count: page.publications.len(),
+            limit,
+        });
+        let budget = self.out.max_bytes() / 2;
+        let sizes = page.publications.iter().map(|p| recovery::reply_bytes(p));
+        let verdict = match verdict {
+            recovery::Recovery::Exact
+                if recovery::fitting(sizes, budget) < page.publications.len() =>
+            {
+                recovery::Recovery::OverBudget
+            }
+            v => v,
+        };
+        Ok((verdict, page))
     }
 
     pub(super) async fn announce_join(&self, j: &Joined) {

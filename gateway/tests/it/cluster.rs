@@ -197,7 +197,9 @@ async fn a_client_recovers_on_another_node_exactly_what_it_missed() {
 
 /// Redis killed mid-stream and started again, empty: nodes go not-ready and back,
 /// clients stay connected, the lost stream is reported (2500 unsubscribe, then
-/// `recovered:false` on the new epoch) and later publications arrive.
+/// `recovered:false` on the new epoch), the publications acknowledged since the
+/// restart, before the nodes' pub/sub was back, are handed over with it, and later
+/// publications arrive.
 #[tokio::test]
 async fn redis_restart_without_persistence_is_reported_and_service_resumes() {
     let mut redis = RedisServer::start();
@@ -224,6 +226,26 @@ async fn redis_restart_without_persistence_is_reported_and_service_resumes() {
     );
     assert_eq!(r["error"]["temporary"], json!(true));
     redis.restart();
+    // Published at once, retried until acknowledged: the nodes' pub/sub
+    // connections may not be back yet.
+    let mut acknowledged = Vec::new();
+    for k in 1..=3 {
+        let data = json!({ "after": k });
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let r = p.publish("room", data.clone()).await;
+            if r.get("publish").is_some() {
+                break;
+            }
+            assert_eq!(r["error"]["code"], json!(100), "{r}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not acknowledged: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        acknowledged.push(data);
+    }
     wait_ready(&[&a, &b], true).await;
     // The node finds the stream gone (new epoch) and tells its positioned members.
     let u = s.push("room").await;
@@ -233,10 +255,29 @@ async fn redis_restart_without_persistence_is_reported_and_service_resumes() {
     assert!(r.get("recovered").is_none(), "recovery impossible: {r}");
     assert_eq!(r["was_recovering"], json!(true));
     assert_ne!(r["epoch"], json!(epoch), "a new epoch");
+    // ... handed over whole: every publication acknowledged since the restart
+    // (docs/protocol.md §4.3).
+    assert!(r.get("offset").is_none(), "from the new epoch's start: {r}");
+    let handed: Vec<Value> = r["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the new epoch's publications: {r}"))
+        .iter()
+        .map(|p| p["data"].clone())
+        .collect();
+    assert_eq!(handed, acknowledged, "{r}");
+    assert_eq!(offsets_of(r), vec![1, 2, 3]);
     let r = p.publish("room", json!({"n": "after"})).await;
     assert_eq!(r["publish"], json!({}), "{r}");
     let got = s.push("room").await;
     assert_eq!(got["pub"]["data"], json!({"n": "after"}));
+    assert_eq!(got["pub"]["offset"], json!(4));
+}
+
+fn offsets_of(subscribe: &Value) -> Vec<u64> {
+    subscribe["publications"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["offset"].as_u64()).collect())
+        .unwrap_or_default()
 }
 
 /// With AOF, history survives a Redis restart: a client that was away recovers, and
@@ -271,13 +312,7 @@ async fn redis_restart_with_aof_keeps_history_and_recovery_succeeds() {
         .await;
     let r = &reply["subscribe"];
     assert_eq!(r["recovered"], json!(true), "{reply}");
-    let offs: Vec<u64> = r["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["offset"].as_u64().unwrap())
-        .collect();
-    assert_eq!(offs, vec![4, 5]);
+    assert_eq!(offsets_of(r), vec![4, 5]);
     let r = p.publish("room", json!({"n": 6})).await;
     assert_eq!(r["publish"], json!({}), "{r}");
     let offs: Vec<u64> = {

@@ -21,6 +21,7 @@ mod proxy;
 mod python;
 mod readme;
 mod recovery;
+mod redis_faults;
 mod redis_memory;
 mod rolling;
 mod sdk;

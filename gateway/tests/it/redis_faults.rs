@@ -1,0 +1,187 @@
+//! Redis failing under a publish stream, with the real centrifuge-js SDK
+//! (`tests/sdk/redis_faults.mjs`): ten recoverable readers on two nodes, a
+//! publisher that retries every publication until it is acknowledged, and Redis
+//! broken once the script says `FAULT`. Every acknowledged publication must reach
+//! every reader, once and in order, each change of epoch reported once as
+//! `recovered: false` (docs/protocol.md §4.3).
+//!
+//! Map:
+//! - `sdk_readers_keep_every_acknowledged_publication_across_a_redis_restart`:
+//!   SIGKILL, two seconds down, restarted empty on the same port.
+//! - `sdk_readers_keep_every_acknowledged_publication_across_a_sentinel_failover`:
+//!   a primary, its replica and three sentinels; the primary SIGKILLed, the
+//!   replica promoted; the nodes follow through `redis+sentinel://`.
+//! - `FaultScript`: the Node script, its stdout read line by line so the test can
+//!   act on `FAULT`, bounded throughout.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use fanout::testing::{RedisSentinels, RedisServer};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::support::{token, TestGateway};
+
+/// Bound on the script (its own bound is 110 s).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on the wait for the script's `FAULT` line.
+const FAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `redis_faults.mjs` running: `fault` fires on its `FAULT` line, `done` yields
+/// its final JSON line (asserted `"ok": true`).
+struct FaultScript {
+    fault: oneshot::Receiver<()>,
+    done: JoinHandle<Value>,
+}
+
+impl FaultScript {
+    async fn start(gateways: &[&TestGateway], total: u32, fault_at: u32, max_epochs: u32) -> Self {
+        let sdk = crate::sdk::sdk_dir();
+        crate::sdk::require_node(&sdk).await;
+        let args = json!({
+            "ws": gateways.iter().map(|g| g.url()).collect::<Vec<_>>(),
+            "token": token("reader"),
+            "channel": "room",
+            "total": total,
+            "fault_at": fault_at,
+            "max_epochs": max_epochs,
+        });
+        let mut child = tokio::process::Command::new("node")
+            .arg(sdk.join("redis_faults.mjs"))
+            .arg(args.to_string())
+            .current_dir(&sdk)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node redis_faults.mjs");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (tx, fault) = oneshot::channel();
+        let done = tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stdout).lines();
+            let mut seen = Vec::new();
+            let read = async {
+                while let Some(line) = lines.next_line().await.expect("read stdout") {
+                    println!("redis_faults.mjs: {line}");
+                    if line == "FAULT" {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    seen.push(line);
+                }
+                let mut err = String::new();
+                let _ = stderr.read_to_string(&mut err).await;
+                (child.wait().await.expect("wait for node"), err)
+            };
+            let (status, err) = tokio::time::timeout(SCRIPT_TIMEOUT, read)
+                .await
+                .unwrap_or_else(|_| panic!("redis_faults.mjs ran over {SCRIPT_TIMEOUT:?}"));
+            let last: Value = seen
+                .iter()
+                .rev()
+                .find_map(|l| serde_json::from_str(l).ok())
+                .unwrap_or_else(|| panic!("no final JSON line ({status}); stderr:\n{err}"));
+            assert!(
+                status.success() && last["ok"] == json!(true),
+                "redis_faults.mjs failed ({status}): {last}\nstderr:\n{err}"
+            );
+            last
+        });
+        FaultScript { fault, done }
+    }
+
+    /// Wait for the script's `FAULT` line.
+    async fn fault_point(&mut self) {
+        tokio::time::timeout(FAULT_TIMEOUT, &mut self.fault)
+            .await
+            .expect("the script did not reach its fault point")
+            .expect("the script ended before its fault point");
+    }
+
+    async fn result(self) -> Value {
+        self.done.await.expect("the script's reader panicked")
+    }
+}
+
+/// The publisher publishes as fast as it is acknowledged, and the room's history
+/// holds the whole run: every acknowledged publication stays recoverable (beyond
+/// the history, a reader is told `recovered: false` without them).
+fn config(c: &mut gateway::Config) {
+    c.client.publish_rate_per_sec = 0;
+    c.channel.history_size = 1000;
+}
+
+/// The scenario of a Redis restart without persistence: killed at the 60th of 200
+/// publications, restarted empty two seconds later. Every reader keeps all 200 and
+/// reports the new epoch once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_readers_keep_every_acknowledged_publication_across_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let a = TestGateway::on_redis(&redis.url(), config).await;
+    let b = TestGateway::on_redis(&redis.url(), config).await;
+    let mut script = FaultScript::start(&[&a, &b], 200, 60, 2).await;
+    script.fault_point().await;
+    tokio::task::block_in_place(|| redis.kill());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| redis.restart());
+    let r = script.result().await;
+    assert_eq!(r["acknowledged"], json!(200), "{r}");
+    assert_eq!(r["missing"], json!(0), "{r}");
+    let gaps = r["reported_gap"].as_array().expect("reported_gap");
+    assert!(
+        gaps.iter().all(|g| g == &json!(1)),
+        "every reader learns of the new epoch once: {r}"
+    );
+    println!(
+        "Redis restart: {} acknowledged, 0 missing; longest silence {} ms, first delivery {} ms after the fault",
+        r["acknowledged"], r["max_quiet_ms"], r["fault_to_first_delivery_ms"]
+    );
+}
+
+/// Sentinel: the primary SIGKILLed at the 60th of 200 publications; the sentinels
+/// promote the replica (down after 1 s) and the nodes follow. The replica had every
+/// publication, so the epoch stays: no reader sees a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_readers_keep_every_acknowledged_publication_across_a_sentinel_failover() {
+    let mut redis = tokio::task::block_in_place(RedisSentinels::start);
+    let url = redis.url();
+    let fast_probe = |c: &mut gateway::Config| {
+        config(c);
+        c.redis.probe_interval = Duration::from_millis(500);
+    };
+    let a = TestGateway::on_redis(&url, fast_probe).await;
+    let b = TestGateway::on_redis(&url, fast_probe).await;
+    let mut script = FaultScript::start(&[&a, &b], 200, 60, 1).await;
+    script.fault_point().await;
+    let killed = std::time::Instant::now();
+    tokio::task::block_in_place(|| redis.primary.kill());
+    let not_ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while a.node.is_ready() && b.node.is_ready() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tokio::task::block_in_place(|| redis.wait_for_failover(Duration::from_secs(30)));
+    let promoted = killed.elapsed();
+    let r = script.result().await;
+    assert!(
+        not_ready.is_ok(),
+        "no node turned not-ready while there was no primary"
+    );
+    assert_eq!(r["acknowledged"], json!(200), "{r}");
+    assert_eq!(r["missing"], json!(0), "{r}");
+    println!(
+        "Sentinel failover: replica promoted {} ms after the kill; 200 acknowledged, 0 missing; \
+         longest silence {} ms, first delivery {} ms after the fault",
+        promoted.as_millis(),
+        r["max_quiet_ms"],
+        r["fault_to_first_delivery_ms"]
+    );
+}
