@@ -164,7 +164,14 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
-        let nodes: Vec<RedisServer> = (0..masters)
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// `masters` masters with `replicas` replicas each (nodes after the first
+    /// `masters` in [`RedisCluster::nodes`] are replicas at start); a replica takes
+    /// over about two seconds after its master dies (`cluster-node-timeout` 2000).
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
                     "--cluster-enabled",
@@ -183,7 +190,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli on PATH");
@@ -192,19 +199,44 @@ impl RedisCluster {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let deadline = Instant::now() + START_TIMEOUT;
         for n in &nodes {
-            loop {
-                if raw_command(n.port, "CLUSTER INFO")
-                    .is_some_and(|r| r.contains("cluster_state:ok"))
-                {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "cluster did not become ok");
-                std::thread::sleep(Duration::from_millis(50));
+            wait_until("cluster_state:ok", START_TIMEOUT, || {
+                raw_command(n.port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
+            });
+        }
+        if replicas > 0 {
+            for n in &nodes {
+                wait_until("replicas in sync", START_TIMEOUT, || {
+                    raw_command(n.port, "INFO replication").is_some_and(|r| {
+                        r.contains("role:master") || r.contains("master_link_status:up")
+                    })
+                });
             }
         }
         RedisCluster { nodes }
+    }
+
+    /// The port of the master serving `tag`'s slot (keys `...{tag}...`), as the
+    /// node at `ask` sees it.
+    pub fn master_of(&self, ask: u16, tag: &str) -> Option<u16> {
+        let slot: u16 = raw_command(ask, &format!("CLUSTER KEYSLOT {tag}"))?
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .ok()?;
+        let nodes = raw_command(ask, "CLUSTER NODES")?;
+        nodes.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                return None;
+            }
+            let serves = f[8..].iter().any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+            });
+            let port = f[1].split('@').next()?.rsplit_once(':')?.1.parse().ok()?;
+            serves.then_some(port)
+        })
     }
 
     /// `redis+cluster://` URL listing every node.

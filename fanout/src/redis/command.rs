@@ -132,10 +132,11 @@ async fn connect_cmd(target: &Target, timeout: Duration) -> Result<CmdConn, Brok
     }
 }
 
-/// Wait before reconnect attempt `attempt` (then counted); false once the engine
-/// stops.
+/// Wait before reconnect attempt `attempt` (then counted): 100 ms, doubling, at
+/// most one second, so a Redis that comes back is found within a second (each
+/// second of the wait is a second without deliveries). False once the engine stops.
 pub(super) async fn backoff(stop: &CancellationToken, attempt: &mut u32) -> bool {
-    let delay = Duration::from_millis(100u64 << (*attempt).min(5)).min(Duration::from_secs(3));
+    let delay = Duration::from_millis(100u64 << (*attempt).min(4)).min(Duration::from_secs(1));
     *attempt += 1;
     tokio::select! {
         _ = tokio::time::sleep(delay) => true,

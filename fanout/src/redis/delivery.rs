@@ -23,7 +23,7 @@ use super::position::{
 use crate::broker::{BrokerHandler, HistoryQuery, NodeInfo, NodeRegistry, StreamPosition};
 
 /// Reads a resync retries (with backoff, about 15 s in all) while Redis is away.
-const RESYNC_ATTEMPTS: u32 = 8;
+const RESYNC_ATTEMPTS: u32 = 18;
 
 /// An event for an ordered delivery worker.
 enum WorkerEvent {

@@ -8,16 +8,21 @@
 //! Map:
 //! - `sdk_readers_keep_every_acknowledged_publication_across_a_redis_restart`:
 //!   SIGKILL, two seconds down, restarted empty on the same port.
+//! - `sdk_readers_see_no_gap_across_a_redis_restart_with_aof`: the same with
+//!   append-only persistence: the epoch stays and no reader is told of a gap.
 //! - `sdk_readers_keep_every_acknowledged_publication_across_a_sentinel_failover`:
 //!   a primary, its replica and three sentinels; the primary SIGKILLed, the
 //!   replica promoted; the nodes follow through `redis+sentinel://`.
+//! - `sdk_readers_keep_every_acknowledged_publication_across_a_cluster_failover`:
+//!   three masters with a replica each; the room's master SIGKILLed, its replica
+//!   promoted by the cluster.
 //! - `FaultScript`: the Node script, its stdout read line by line so the test can
 //!   act on `FAULT`, bounded throughout.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use fanout::testing::{RedisSentinels, RedisServer};
+use fanout::testing::{RedisCluster, RedisSentinels, RedisServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::oneshot;
@@ -110,6 +115,13 @@ impl FaultScript {
     }
 }
 
+/// [`config`], with the connections probed twice a second (so that a silent
+/// connection is found quickly).
+fn fast_probe(c: &mut gateway::Config) {
+    config(c);
+    c.redis.probe_interval = Duration::from_millis(500);
+}
+
 /// The publisher publishes as fast as it is acknowledged, and the room's history
 /// holds the whole run: every acknowledged publication stays recoverable (beyond
 /// the history, a reader is told `recovered: false` without them).
@@ -145,6 +157,28 @@ async fn sdk_readers_keep_every_acknowledged_publication_across_a_redis_restart(
     );
 }
 
+/// With AOF (fsync always) the history survives the restart: the same epoch, the
+/// nodes repair their rooms from the stream, and no reader learns of a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_readers_see_no_gap_across_a_redis_restart_with_aof() {
+    let mut redis = RedisServer::start_aof();
+    let a = TestGateway::on_redis(&redis.url(), config).await;
+    let b = TestGateway::on_redis(&redis.url(), config).await;
+    let mut script = FaultScript::start(&[&a, &b], 200, 60, 1).await;
+    script.fault_point().await;
+    tokio::task::block_in_place(|| redis.kill());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| redis.restart());
+    let r = script.result().await;
+    assert_eq!(r["acknowledged"], json!(200), "{r}");
+    assert_eq!(r["missing"], json!(0), "{r}");
+    assert_eq!(r["resubscribe_codes"], json!([0]), "no 2500: {r}");
+    println!(
+        "Redis restart with AOF: 200 acknowledged, 0 missing, no gap; longest silence {} ms",
+        r["max_quiet_ms"]
+    );
+}
+
 /// Sentinel: the primary SIGKILLed at the 60th of 200 publications; the sentinels
 /// promote the replica (down after 1 s) and the nodes follow. The replica had every
 /// publication, so the epoch stays: no reader sees a gap.
@@ -152,10 +186,6 @@ async fn sdk_readers_keep_every_acknowledged_publication_across_a_redis_restart(
 async fn sdk_readers_keep_every_acknowledged_publication_across_a_sentinel_failover() {
     let mut redis = tokio::task::block_in_place(RedisSentinels::start);
     let url = redis.url();
-    let fast_probe = |c: &mut gateway::Config| {
-        config(c);
-        c.redis.probe_interval = Duration::from_millis(500);
-    };
     let a = TestGateway::on_redis(&url, fast_probe).await;
     let b = TestGateway::on_redis(&url, fast_probe).await;
     let mut script = FaultScript::start(&[&a, &b], 200, 60, 1).await;
@@ -179,6 +209,55 @@ async fn sdk_readers_keep_every_acknowledged_publication_across_a_sentinel_failo
     assert_eq!(r["missing"], json!(0), "{r}");
     println!(
         "Sentinel failover: replica promoted {} ms after the kill; 200 acknowledged, 0 missing; \
+         longest silence {} ms, first delivery {} ms after the fault",
+        promoted.as_millis(),
+        r["max_quiet_ms"],
+        r["fault_to_first_delivery_ms"]
+    );
+}
+
+/// Cluster: the master of the room's slot SIGKILLed at the 60th of 200
+/// publications; its replica is promoted (node timeout 2 s) and the nodes follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_readers_keep_every_acknowledged_publication_across_a_cluster_failover() {
+    let mut cluster = tokio::task::block_in_place(|| RedisCluster::start_with_replicas(3, 1));
+    let url = cluster.url();
+    let a = TestGateway::on_redis(&url, fast_probe).await;
+    let b = TestGateway::on_redis(&url, fast_probe).await;
+    let victim = cluster
+        .master_of(cluster.nodes[0].port, "room")
+        .expect("the room's master");
+    let mut script = FaultScript::start(&[&a, &b], 200, 60, 1).await;
+    script.fault_point().await;
+    let killed = std::time::Instant::now();
+    let node = cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == victim)
+        .expect("the victim among the nodes");
+    tokio::task::block_in_place(|| node.kill());
+    let survivor = cluster
+        .nodes
+        .iter()
+        .find(|n| n.port != victim)
+        .expect("a survivor")
+        .port;
+    let promoted = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let master = tokio::task::block_in_place(|| cluster.master_of(survivor, "room"));
+            if master.is_some_and(|m| m != victim) {
+                return killed.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the replica promoted within 30 s");
+    let r = script.result().await;
+    assert_eq!(r["acknowledged"], json!(200), "{r}");
+    assert_eq!(r["missing"], json!(0), "{r}");
+    println!(
+        "Cluster failover: replica promoted {} ms after the kill; 200 acknowledged, 0 missing; \
          longest silence {} ms, first delivery {} ms after the fault",
         promoted.as_millis(),
         r["max_quiet_ms"],
