@@ -377,7 +377,17 @@ impl Delivery {
             }
             ResyncPlan::Lost => {
                 handler.on_lost(room);
-                advance(positions, room, top.offset, &top.epoch);
+                // From the top, even below the position: a failover can lose a tail
+                // the node had delivered, and the new primary gives those offsets
+                // to new publications, which must not be skipped as repeats.
+                positions.insert(
+                    room.clone(),
+                    RoomPosition {
+                        offset: top.offset,
+                        epoch: top.epoch.as_str().into(),
+                        delivered: true,
+                    },
+                );
             }
         }
     }

@@ -210,6 +210,10 @@ async fn drain_changes(first: Arc<str>, rx: &mut mpsc::Receiver<Arc<str>>) -> Ha
     changed
 }
 
+/// How often a cluster shard tries again to subscribe its rooms after a
+/// disconnection, until the slot map names live masters.
+const RESUBSCRIBE_RETRY: Duration = Duration::from_millis(250);
+
 /// How a pub/sub connection's command side ended.
 enum End {
     /// The engine stopped.
@@ -360,9 +364,12 @@ async fn shard_commands(
 }
 
 /// Sharded pub/sub on a Redis Cluster: SSUBSCRIBE through a RESP3 cluster
-/// connection, which routes each room to its slot's node and resubscribes by itself
-/// after a disconnection or a topology change. Messages arrive through the push
-/// callback; after a disconnection the shard's rooms are resynced from history.
+/// connection, which routes each room to its slot's node. Messages arrive through
+/// the push callback. After a disconnection (a node died, as in a failover) the
+/// connection's own resubscription may have gone to a master that is gone, before
+/// its replica took over: the shard's rooms are subscribed again, every
+/// [`RESUBSCRIBE_RETRY`] until all succeed (the slot map then names live masters),
+/// and only then resynced from history. The shard counts as disconnected meanwhile.
 async fn cluster_shard_loop(
     subs: Arc<Subscriptions>,
     nodes: Vec<String>,
@@ -412,6 +419,8 @@ async fn cluster_shard_loop(
             }
         }
     };
+    // Set after a disconnection until every room is subscribed again.
+    let mut resubscribe = false;
     shard.connected.store(true, Ordering::Relaxed);
     let mut probe = tokio::time::interval(subs.probe_interval);
     probe.tick().await;
@@ -451,13 +460,27 @@ async fn cluster_shard_loop(
                     tokio::time::timeout(timeout, redis::cmd("PING").query_async::<Value>(&mut con)).await,
                     Ok(Ok(_))
                 );
-                shard.connected.store(ok, Ordering::Relaxed);
                 if ok && disconnected.swap(false, Ordering::Relaxed) {
                     subs.reconnects.fetch_add(1, Ordering::Relaxed);
-                    // The connection resubscribed by itself; fetch what was missed.
-                    let rooms = subs.shard_rooms(index);
-                    tracing::info!(shard = index, rooms = rooms.len(), "cluster pub/sub reconnected; repairing rooms");
+                    resubscribe = true;
+                }
+                shard.connected.store(ok && !resubscribe, Ordering::Relaxed);
+            }
+            _ = tokio::time::sleep(RESUBSCRIBE_RETRY), if resubscribe => {
+                let rooms = subs.shard_rooms(index);
+                let results = futures_util::future::join_all(rooms.iter().map(|r| {
+                    let mut c = con.clone();
+                    let ch = subs.keys.channel(r);
+                    async move { tokio::time::timeout(timeout, c.ssubscribe(ch)).await }
+                }))
+                .await;
+                if results.iter().all(|r| matches!(r, Ok(Ok(())))) {
+                    resubscribe = false;
+                    shard.connected.store(true, Ordering::Relaxed);
+                    tracing::info!(shard = index, rooms = rooms.len(), "cluster pub/sub resubscribed; repairing rooms");
                     subs.resync_all(rooms);
+                } else {
+                    tracing::debug!(shard = index, "cluster resubscribe incomplete; retrying");
                 }
             }
             _ = subs.stop.cancelled() => return,

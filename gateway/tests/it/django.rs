@@ -37,8 +37,9 @@ const API_KEY: &str = "django-api-key";
 /// The key the proxy URLs carry (`?key=`), checked by the Django views.
 const PROXY_KEY: &str = "django-proxy-key";
 const ROOM: &str = "lobby";
-/// Messages django.mjs sends concurrently with the `send` RPC (`2 * BURST_EACH`).
-const SENDS: usize = 10;
+/// Messages django.mjs sends concurrently with the `send` RPC (four connections,
+/// `BURST_EACH` each).
+const SENDS: usize = 20;
 
 fn example_dir() -> PathBuf {
     repo_root().join("examples").join("django-chat")

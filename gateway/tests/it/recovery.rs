@@ -1,5 +1,6 @@
 //! History positions and recovery: no gap, gap within history, gap beyond history,
-//! epoch mismatch, and the subscribe reply racing live publications.
+//! epoch mismatch (the stream handed over when whole), and the subscribe reply
+//! racing live publications.
 
 use std::time::Duration;
 
@@ -129,8 +130,11 @@ async fn recover_gap_beyond_recovery_limit_is_not_recovered() {
     assert_eq!(offsets(&s["publications"]), vec![3, 4, 5]);
 }
 
+/// Another epoch than the stream's: not recovered. The stream here is whole from
+/// its first offset, so its publications come with the answer (docs/protocol.md
+/// §4.3, the new epoch handed over), from offset 0.
 #[tokio::test]
-async fn recover_with_wrong_epoch_reports_current_position() {
+async fn recover_with_wrong_epoch_hands_over_a_whole_stream() {
     let gw = TestGateway::start().await;
     let mut p = gw.client("p").await;
     let s = sub_recover(&mut p, "room", None).await;
@@ -143,8 +147,25 @@ async fn recover_with_wrong_epoch_reports_current_position() {
     );
     assert_eq!(r["was_recovering"], json!(true));
     assert_eq!(r["epoch"], s["epoch"]);
-    assert_eq!(r["offset"], json!(2));
-    assert!(r.get("publications").is_none());
+    assert!(r.get("offset").is_none(), "from the stream's start: {r}");
+    assert_eq!(offsets(&r["publications"]), vec![1, 2]);
+}
+
+/// Another epoch, and the stream's first publications have left history: not
+/// recovered, the current position, no publications.
+#[tokio::test]
+async fn recover_with_wrong_epoch_reports_current_position_when_history_is_trimmed() {
+    let gw = TestGateway::with(|c| c.channel.history_size = 2).await;
+    let mut p = gw.client("p").await;
+    let s = sub_recover(&mut p, "room", None).await;
+    publish_n(&mut p, "room", 1..=5).await;
+    let mut b = gw.client("1").await;
+    let r = sub_recover(&mut b, "room", Some((1, "stale-epoch"))).await;
+    assert!(r.get("recovered").is_none(), "{r}");
+    assert_eq!(r["was_recovering"], json!(true));
+    assert_eq!(r["epoch"], s["epoch"]);
+    assert_eq!(r["offset"], json!(5));
+    assert!(r.get("publications").is_none(), "{r}");
 }
 
 #[tokio::test]

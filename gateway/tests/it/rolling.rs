@@ -49,7 +49,7 @@ fn newest(dir: &Path) -> SystemTime {
 /// The loadtest binary of this build (`<target>/<profile>/loadtest`, beside this
 /// test's `deps` directory), built first (bounded) when missing or older than its
 /// sources.
-fn loadtest_binary(scratch: &Path) -> PathBuf {
+pub(crate) fn loadtest_binary(scratch: &Path) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = profile_dir.join("loadtest");
@@ -78,7 +78,7 @@ fn loadtest_binary(scratch: &Path) -> PathBuf {
     bin
 }
 
-fn haproxy_installed() -> bool {
+pub(crate) fn haproxy_installed() -> bool {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .chain([PathBuf::from("/usr/sbin")])
         .any(|d| d.join("haproxy").is_file())

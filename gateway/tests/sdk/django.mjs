@@ -208,23 +208,31 @@ async function main() {
   console.log(`both clients saw the same ${total} messages, offsets ${ms[0].offset}..${ms.at(-1).offset}, as Django stored and rewrote them`);
 
   // The `send` RPC stores and publishes in one transaction: a concurrent burst
+  // from four connections (alice and bob, each with a second tab that only sends)
   // is stored in the room's order (checked against SQLite by django.rs), and each
   // reply carries the row's id and the room's offset.
+  const tab = async (name, options) => {
+    const client = new Centrifuge(args.ws, options);
+    client.connect();
+    await within(client.ready(), `${name} connected`);
+    return { name, client };
+  };
+  const senders = [a, b, await tab('alice (second tab)', { websocket: WebSocket, getToken }), await tab('bob (second tab)', { websocket: bob.webSocket() })];
   const sends = [];
   for (let i = 0; i < BURST_EACH; i++) {
-    for (const from of [a, b]) sends.push(from.client.rpc('send', { room: args.room, text: ` send ${i} from ${from.name}` }));
+    for (const from of senders) sends.push(from.client.rpc('send', { room: args.room, text: ` send ${i} from ${from.name}` }));
   }
   const replies = (await within(Promise.all(sends), 'the sends')).map((r) => r.data);
-  const all = total + 2 * BURST_EACH;
+  const all = total + senders.length * BURST_EACH;
   for (const c of [a, b]) {
     await until(c.sub, 'publication', () => messages(c).length >= all, `${c.name}: ${all} messages`);
   }
   check(messages(a).map(key).join() === messages(b).map(key).join(), 'alice and bob saw different sends');
   const sent = messages(a).slice(total);
-  check(sent.length === 2 * BURST_EACH, `${messages(a).length} messages after the sends, want ${all}`);
+  check(sent.length === senders.length * BURST_EACH, `${messages(a).length} messages after the sends, want ${all}`);
   const offsetOf = new Map(sent.map((p) => [p.data.id, p.offset]));
   check(replies.every((r) => offsetOf.get(r.id) === r.offset), `send replies ${JSON.stringify(replies)}`);
-  for (const from of [a, b]) {
+  for (const from of senders) {
     const mine = sent.filter((p) => p.data.text.endsWith(`from ${from.name}`)).map((p) => p.data.text);
     const want = [...Array(BURST_EACH).keys()].map((i) => `send ${i} from ${from.name}`);
     check(mine.join() === want.join(), `${from.name}'s sends in the room: ${mine}`);
@@ -233,6 +241,7 @@ async function main() {
     const err = await within(a.client.rpc(method, data).then(() => null, (e) => e), `the ${method} rpc`);
     check(err?.code === code, `rpc ${method} ${JSON.stringify(data)}: ${JSON.stringify(err)}`);
   }
+  for (const t of senders.slice(2)) t.client.disconnect();
   console.log(`the send RPC stored and published ${sent.length} concurrent messages (offsets ${sent[0].offset}..${sent.at(-1).offset}); a blank send got 400, an unknown method 104`);
 
   const [edited, deleted] = [ms[0].data.id, ms[1].data.id];

@@ -59,6 +59,9 @@ pub struct ReplyError<'a> {
     pub code: u32,
     #[serde(default, borrow)]
     pub message: Cow<'a, str>,
+    /// The server says a retry may succeed (error 100 while Redis is away).
+    #[serde(default)]
+    pub temporary: bool,
 }
 
 #[derive(Debug, Deserialize)]

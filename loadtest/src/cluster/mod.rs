@@ -3,17 +3,19 @@
 //! free loopback ports, sharing a generated secret, a generated server API key and
 //! a generated config without a publish rate limit; optionally the stand-in
 //! backend as their connect proxy; optionally HAProxy in front of them; optionally
-//! one node drained (SIGTERM) during the run. Torn down after the scenario, on
-//! Ctrl-C and on failure.
+//! one node drained (SIGTERM) during the run; optionally Redis killed and started
+//! again on a schedule. Torn down after the scenario, on Ctrl-C and on failure.
 //!
 //! - `process`: the child processes and the cluster's directory.
 //! - `binaries`: finding the gateway, redis-server and haproxy binaries.
 //! - `haproxy`: HAProxy's config, start and the wait for every node UP.
 //! - `start`: starting Redis and the nodes, bounded.
 //! - `drain`: the SIGTERM to one node during the run and its exit.
+//! - `fault`: Redis killed and restarted during the run.
 
 mod binaries;
 mod drain;
+mod fault;
 mod haproxy;
 mod process;
 mod start;
@@ -33,7 +35,7 @@ use tokio::time::Instant;
 use crate::backend::Backend;
 use crate::sys::interrupted;
 use process::{say, ChildGuard, DirGuard};
-use start::{start_redis, wait_ready};
+use start::{start_redis, wait_ready, RedisSpec};
 
 /// Options of `loadtest cluster`.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,6 +82,18 @@ pub struct ClusterOptions {
     /// evenly over this window (0s: all at once). Default 0s.
     #[arg(long, hide_default_value = true, default_value = "0s", value_parser = humantime::parse_duration)]
     pub drain_window: Duration,
+    /// Kill redis-server (SIGKILL) this long after the scenario starts and again
+    /// at every such interval, and start it again on the same port after
+    /// --redis-down (humantime: 30s). Default: never.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub redis_fault_every: Option<Duration>,
+    /// How long Redis stays down at each --redis-fault-every. Default 2s.
+    #[arg(long, hide_default_value = true, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub redis_down: Duration,
+    /// Run Redis with append-only persistence (fsync always), so that its data
+    /// survives --redis-fault-every; without it Redis starts again empty.
+    #[arg(long)]
+    pub redis_aof: bool,
     /// The scenario and its options, after `--`: `-- fanout --rooms 10 --duration
     /// 10s --report fanout.html`. The cluster sets --url and --secret.
     #[arg(last = true, required = true, value_name = "SCENARIO")]
@@ -116,6 +130,7 @@ pub struct Cluster {
     /// Bound on a node exiting after SIGTERM.
     stop_timeout: Duration,
     redis: ChildGuard,
+    redis_spec: RedisSpec,
     /// Declared last: removed once the processes are gone.
     dir: DirGuard,
 }
@@ -143,6 +158,9 @@ impl Cluster {
         }
         if opts.drain_node.is_some_and(|n| n >= opts.nodes) {
             bail!("--drain-node is an index from 0 to --nodes - 1");
+        }
+        if opts.redis_fault_every.is_some_and(|d| d.is_zero()) {
+            bail!("--redis-fault-every must be more than 0");
         }
         let haproxy_bin = match opts.haproxy {
             true => Some(haproxy::binary()?),
@@ -183,10 +201,22 @@ impl Cluster {
         let config = dir.0.join("gateway.toml");
         std::fs::write(&config, toml).with_context(|| format!("write {}", config.display()))?;
 
-        let (redis, port) = start_redis(&redis_bin, &dir.0).await?;
+        let mut redis_spec = RedisSpec {
+            bin: redis_bin,
+            dir: dir.0.clone(),
+            aof: opts.redis_aof,
+            port: None,
+        };
+        let (redis, port) = start_redis(&redis_spec, "redis.log").await?;
+        redis_spec.port = Some(port);
         say(format_args!(
-            "redis-server {} on 127.0.0.1:{port} (no persistence, in {})",
-            redis_bin.display(),
+            "redis-server {} on 127.0.0.1:{port} ({}, in {})",
+            redis_spec.bin.display(),
+            if opts.redis_aof {
+                "append-only file, fsync always"
+            } else {
+                "no persistence"
+            },
             dir.0.display()
         ));
         let redis_url = format!("redis://127.0.0.1:{port}");
@@ -236,6 +266,7 @@ impl Cluster {
             gateways,
             stop_timeout: opts.grace() + STOP_EXTRA,
             redis,
+            redis_spec,
             dir,
         })
     }
@@ -243,7 +274,7 @@ impl Cluster {
     /// Stop the nodes (SIGTERM, all at once, each waited for, bounded), then Redis,
     /// then remove the directory.
     pub async fn stop(mut self) {
-        for g in &self.gateways {
+        for g in &mut self.gateways {
             g.terminate();
         }
         let mut ended = Vec::new();
@@ -291,18 +322,28 @@ where
     ));
     let access = cluster.access.clone();
     let bound = cluster.stop_timeout;
+    let start = Instant::now();
+    let (gateways, redis, spec) = (
+        &mut cluster.gateways,
+        &mut cluster.redis,
+        &cluster.redis_spec,
+    );
     let draining = async {
-        let start = Instant::now();
-        let node = opts
-            .drain_node
-            .and_then(|n| cluster.gateways.get_mut(n as usize));
+        let node = opts.drain_node.and_then(|n| gateways.get_mut(n as usize));
         match node {
             Some(node) => Some(drain::drain(node, start, opts.drain_at, bound).await),
             None => None,
         }
     };
+    let faults = async {
+        if let Some(every) = opts.redis_fault_every {
+            fault::break_redis(redis, spec, start, every, opts.redis_down).await;
+        }
+        std::future::pending::<()>().await
+    };
     let result = tokio::select! {
         (r, _) = async { tokio::join!(scenario(access), draining) } => r,
+        () = faults => unreachable!("faults never end by themselves"),
         _ = &mut signal => Err(anyhow!("interrupted: the scenario was stopped")),
     };
     if opts.keep && result.is_ok() {

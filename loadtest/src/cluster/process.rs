@@ -96,7 +96,11 @@ impl ChildGuard {
         )
     }
 
-    pub(super) fn terminate(&self) {
+    /// SIGTERM, unless it has exited already (its pid may be another's by now).
+    pub(super) fn terminate(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // Fails only when the process is already gone.
             kill(Pid::from_raw(pid), Signal::SIGTERM).ok();
@@ -121,6 +125,14 @@ impl ChildGuard {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+impl ChildGuard {
+    /// SIGKILL it now and reap it.
+    pub(super) fn kill_now(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 }
 

@@ -1,7 +1,7 @@
 //! Starting the cluster's processes: redis-server on a free port until it answers
 //! PING, and the nodes until each has logged its URL and answers `/readyz` with 200.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::bail;
@@ -42,18 +42,39 @@ fn logged_url(log: &Path) -> Option<String> {
     url.starts_with("ws://").then_some(url)
 }
 
-/// Start `redis-server` without persistence on a free loopback port and wait,
-/// bounded, until it answers PING.
-pub(super) async fn start_redis(bin: &Path, dir: &Path) -> anyhow::Result<(ChildGuard, u16)> {
+/// How the cluster's Redis runs: its binary, the cluster's directory (data in
+/// `redis/`), whether with append-only persistence (fsync always), and its port
+/// once it has one (a restart keeps it).
+pub(super) struct RedisSpec {
+    pub(super) bin: PathBuf,
+    pub(super) dir: PathBuf,
+    pub(super) aof: bool,
+    pub(super) port: Option<u16>,
+}
+
+/// Start `redis-server` as `spec` says, on its port or a free loopback port, and
+/// wait, bounded, until it answers PING. Its output goes to `log` in the directory.
+pub(super) async fn start_redis(spec: &RedisSpec, log: &str) -> anyhow::Result<(ChildGuard, u16)> {
+    let (bin, dir) = (&spec.bin, &spec.dir);
     let mut last_error = None;
-    for _ in 0..REDIS_PORT_ATTEMPTS {
-        let port = free_port()?;
+    let attempts = if spec.port.is_some() {
+        1
+    } else {
+        REDIS_PORT_ATTEMPTS
+    };
+    for _ in 0..attempts {
+        let port = match spec.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let mut cmd = Command::new(bin);
+        let aof = if spec.aof { "yes" } else { "no" };
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--save", "", "--appendonly", aof, "--appendfsync", "always"])
+            .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(dir.join("redis"));
-        let mut redis = ChildGuard::spawn("redis-server".into(), &mut cmd, dir.join("redis.log"))?;
+        let mut redis = ChildGuard::spawn("redis-server".into(), &mut cmd, dir.join(log))?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = redis.exited() {

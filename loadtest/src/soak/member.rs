@@ -63,6 +63,8 @@ pub(crate) struct Tally {
     /// Own publications acked, refused, and never answered (the connection went first).
     pub acked: u64,
     pub publish_errors: u64,
+    /// Refused with a temporary error (Redis away): not taken, the publisher's to retry.
+    pub publish_unavailable: u64,
     pub unanswered: u64,
 }
 
@@ -264,6 +266,15 @@ impl Member<'_> {
                 ),
             );
             self.tally.check.restart(r.offset, &r.epoch);
+            // A new epoch handed over whole comes with its publications.
+            for p in &r.publications {
+                let stamp = p
+                    .data
+                    .as_ref()
+                    .and_then(|d| serde_json::from_str::<Stamp>(d.get()).ok());
+                self.tally.recovered_publications += 1;
+                self.on_publication(p.offset, stamp, None);
+            }
         }
         self.flush();
     }
@@ -480,6 +491,16 @@ impl Member<'_> {
                 counters.publications.fetch_add(1, Ordering::Relaxed);
                 self.run.room_acked[self.tally.room].fetch_add(1, Ordering::Relaxed);
             }
+            Some(e) if e.temporary => {
+                self.tally.publish_unavailable += 1;
+                self.run.note(
+                    "publish unavailable",
+                    format!(
+                        "member {}: publication refused for now: error {} {:?}",
+                        self.tally.member, e.code, e.message
+                    ),
+                );
+            }
             Some(e) => {
                 self.tally.publish_errors += 1;
                 self.run.note(
@@ -546,6 +567,9 @@ impl Member<'_> {
         // Deliveries so far, as a running total: recovered ones have no latency.
         let seen = self.tally.deliveries;
         let reported = std::mem::replace(&mut self.reported, seen);
+        if seen > reported {
+            run.counters.delivered(run.origin.elapsed());
+        }
         run.counters
             .deliveries
             .fetch_add(seen - reported, Ordering::Relaxed);

@@ -127,6 +127,7 @@ async fn prepare(
         seed: std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish(),
+        origin: t0,
     });
     Ok((run, go_tx))
 }
@@ -291,7 +292,11 @@ fn build_report(
         + c.publish_errors
         + measured.connect_errors;
     let per_second = run.events.per_second("reconnect");
-    let strict_failures = c.recovery_failed + c.disconnects + c.reconnect_errors + c.unanswered;
+    let strict_failures = c.recovery_failed
+        + c.disconnects
+        + c.reconnect_errors
+        + c.unanswered
+        + c.publish_unavailable;
     let ok = failures == 0
         && c.publications > 0
         && c.deliveries > 0
@@ -321,6 +326,7 @@ fn build_report(
         peak_reconnects_per_second: per_second.iter().copied().max().unwrap_or(0),
         reconnects_per_second: per_second,
         started_unix_ms: run.events.started_unix_ms,
+        longest_silence_ms: run.counters.longest_silence().as_secs_f64() * 1000.0,
         counts: c,
         outcome: watch.outcome(ok, problems),
         series: measured.series,
@@ -353,6 +359,7 @@ fn tally(run: &Run, tallies: &[Tally], problems: &mut Problems) -> SoakCounts {
         r.recovered_publications += t.recovered_publications;
         r.publications += t.acked;
         r.publish_errors += t.publish_errors;
+        r.publish_unavailable += t.publish_unavailable;
         r.unanswered += t.unanswered;
         r.deliveries += t.deliveries;
         let c = &t.check;

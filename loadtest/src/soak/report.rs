@@ -53,10 +53,13 @@ pub struct SoakReport {
     pub peak_reconnects_per_second: u64,
     /// Wall-clock start of the run (Unix milliseconds): second 0 of the series.
     pub started_unix_ms: u64,
+    /// The longest time no member received a publication, once deliveries began
+    /// (the outage clients saw, when Redis was broken during the run).
+    pub longest_silence_ms: f64,
     /// `ok`: no loss, duplicate, reordering, epoch mismatch or unexpected message,
     /// no connect or publish error, and publications were made and delivered; with
-    /// `strict`, also no recovery failure, unplanned disconnect, failed reconnect or
-    /// unanswered publication. `problems`: where things went wrong (room, member,
+    /// `strict`, also no recovery failure, unplanned disconnect, failed reconnect,
+    /// unanswered publication or publication refused for now. `problems`: where things went wrong (room, member,
     /// offset).
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -92,8 +95,11 @@ pub struct SoakCounts {
     pub recovered_publications: u64,
     /// Publications acked by the server.
     pub publications: u64,
-    /// Publications the server answered with an error.
+    /// Publications the server answered with an error (not temporary).
     pub publish_errors: u64,
+    /// Publications the server refused with a temporary error (error 100 while
+    /// Redis was away): not taken; a failure only with --strict.
+    pub publish_unavailable: u64,
     /// Publications whose connection went before their answer.
     pub unanswered: u64,
     /// Publications received, live and recovered, over all members.
@@ -140,6 +146,7 @@ impl Report for SoakReport {
                 ("disconnects", c.disconnects),
                 ("failed reconnects", c.reconnect_errors),
                 ("unanswered", c.unanswered),
+                ("refused for now", c.publish_unavailable),
             ]);
         }
         checks
@@ -205,16 +212,20 @@ impl Report for SoakReport {
             (
                 "publications",
                 format!(
-                    "{} acked, {:.0}/s (errors {}, unanswered {})",
+                    "{} acked, {:.0}/s (errors {}, refused for now {}, unanswered {})",
                     c.publications,
                     self.publications_per_sec,
                     c.publish_errors,
+                    c.publish_unavailable,
                     c.unanswered
                 ),
             ),
             (
                 "deliveries",
-                format!("{}, {:.0}/s", c.deliveries, self.deliveries_per_sec),
+                format!(
+                    "{}, {:.0}/s; longest time without one {:.0} ms",
+                    c.deliveries, self.deliveries_per_sec, self.longest_silence_ms
+                ),
             ),
             ("latency (us)", latency),
             (

@@ -35,6 +35,28 @@ pub(super) struct Counters {
     pub(super) deliveries: AtomicU64,
     /// Publications sent and not yet answered or given up on.
     pub(super) in_flight: AtomicU64,
+    /// When a member last received a publication (µs after the run's origin; 0:
+    /// none yet), and the longest time between two such moments: how long the
+    /// whole run went without a delivery, as during a Redis outage.
+    last_delivery_us: AtomicU64,
+    longest_silence_us: AtomicU64,
+}
+
+impl Counters {
+    /// A member received publications `at` after the run's origin.
+    pub(super) fn delivered(&self, at: Duration) {
+        let now = u64::try_from(at.as_micros()).unwrap_or(u64::MAX).max(1);
+        let last = self.last_delivery_us.swap(now, Ordering::Relaxed);
+        if last != 0 && now > last {
+            self.longest_silence_us
+                .fetch_max(now - last, Ordering::Relaxed);
+        }
+    }
+
+    /// The longest time the run went without a delivery, so far.
+    pub(super) fn longest_silence(&self) -> Duration {
+        Duration::from_micros(self.longest_silence_us.load(Ordering::Relaxed))
+    }
 }
 
 /// State shared by the coordinator and every member task of one run.
@@ -61,6 +83,8 @@ pub(crate) struct Run {
     pub(super) events: Events,
     /// Seeds each member's random schedule.
     pub(super) seed: u64,
+    /// What [`Counters::delivered`] times are measured from.
+    pub(super) origin: Instant,
 }
 
 impl Run {
