@@ -9,7 +9,6 @@ use std::time::Duration;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::ConnectionAddr;
 
-use super::command::unavailable;
 use crate::broker::BrokerError;
 
 #[derive(Clone)]
@@ -37,8 +36,8 @@ impl Sentinel {
         let mut sentinel = self.client.lock().await;
         tokio::time::timeout(self.timeout, sentinel.async_get_client())
             .await
-            .map_err(|_| unavailable("sentinel lookup timed out"))?
-            .map_err(unavailable)
+            .map_err(|_| BrokerError::Unavailable("sentinel lookup timed out".into()))?
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))
     }
 }
 
