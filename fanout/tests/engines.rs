@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanout::broker::{Control, NodeInfo};
-use fanout::testing::{Proxy, RedisServer};
+use fanout::testing::{raw_command, Proxy, RedisServer};
 use fanout::{
     Broker, BrokerHandler, HistoryOptions, HistoryQuery, MemoryBroker, RedisBroker, RedisConfig,
 };
@@ -536,6 +536,44 @@ async fn redis_repairs_from_history_after_pubsub_reconnect() {
         (1..=5).map(|n| (n, n)).collect::<Vec<_>>()
     );
     assert!(!ev.iter().any(|e| matches!(e, Ev::Lost(_))));
+}
+
+/// What a failover to a replica that missed the last publications leaves: the
+/// stream behind what the node delivered, in the same epoch, and the next
+/// publications taking those offsets again. The node reports the room lost and goes
+/// on from the stream's top: the new publications are delivered, not skipped as
+/// repeats of what it had.
+#[tokio::test]
+async fn redis_stream_behind_the_node_is_reported_and_its_reused_offsets_delivered() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let (a, rec) = redis_via(proxy.url()).await;
+    let (b, _) = redis(&server).await;
+    a.subscribe("r").await.unwrap();
+    for n in 1..=5 {
+        b.publish("r", publication(n), Some(HIST)).await.unwrap();
+    }
+    rec.until("1..5", |e| pubs_in(e, "r").len() == 5).await;
+    // The replica had 1..3: the top back at 3, entries 4 and 5 gone.
+    for cmd in [
+        "HSET gw{r}.m t 3",
+        "XDEL gw{r}.s 4-0 5-0",
+        "XSETID gw{r}.s 3-0",
+    ] {
+        let reply = raw_command(server.port, cmd).unwrap_or_default();
+        assert!(!reply.starts_with('-'), "{cmd}: {reply}");
+    }
+    proxy.cut();
+    rec.until("the room lost", |e| {
+        e.iter().any(|e| matches!(e, Ev::Lost(r) if r == "r"))
+    })
+    .await;
+    for n in 6..=7 {
+        let p = b.publish("r", publication(n), Some(HIST)).await.unwrap();
+        assert_eq!(p.offset, n - 2, "the replica's offsets are taken again");
+    }
+    let ev = rec.until("6 and 7", |e| pubs_in(e, "r").len() >= 7).await;
+    assert_eq!(pubs_in(&ev, "r")[5..], [(4, 6), (5, 7)]);
 }
 
 /// A pub/sub connection that goes silent without closing (as in a failover) is found

@@ -133,15 +133,12 @@ fn config(c: &mut gateway::Config) {
     c.channel.history_size = 1000;
 }
 
-/// The scenario of a Redis restart without persistence: killed at the 60th of 200
-/// publications, restarted empty two seconds later. Every reader keeps all 200 and
-/// reports the new epoch once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_readers_keep_every_acknowledged_publication_across_a_redis_restart() {
-    let mut redis = RedisServer::start();
+/// `redis` killed (SIGKILL) at the script's fault point and restarted on the same
+/// port two seconds later, under two nodes; the script's result.
+async fn restart_under_script(mut redis: RedisServer, max_epochs: u32) -> Value {
     let a = TestGateway::on_redis(&redis.url(), config).await;
     let b = TestGateway::on_redis(&redis.url(), config).await;
-    let mut script = FaultScript::start(&[&a, &b], 200, 60, 2).await;
+    let mut script = FaultScript::start(&[&a, &b], 200, 60, max_epochs).await;
     script.fault_point().await;
     tokio::task::block_in_place(|| redis.kill());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -149,6 +146,15 @@ async fn sdk_readers_keep_every_acknowledged_publication_across_a_redis_restart(
     let r = script.result().await;
     assert_eq!(r["acknowledged"], json!(200), "{r}");
     assert_eq!(r["missing"], json!(0), "{r}");
+    r
+}
+
+/// The scenario of a Redis restart without persistence: killed at the 60th of 200
+/// publications, restarted empty two seconds later. Every reader keeps all 200 and
+/// reports the new epoch once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_readers_keep_every_acknowledged_publication_across_a_redis_restart() {
+    let r = restart_under_script(RedisServer::start(), 2).await;
     let gaps = r["reported_gap"].as_array().expect("reported_gap");
     assert!(
         gaps.iter().all(|g| g == &json!(1)),
@@ -164,17 +170,7 @@ async fn sdk_readers_keep_every_acknowledged_publication_across_a_redis_restart(
 /// nodes repair their rooms from the stream, and no reader learns of a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_readers_see_no_gap_across_a_redis_restart_with_aof() {
-    let mut redis = RedisServer::start_aof();
-    let a = TestGateway::on_redis(&redis.url(), config).await;
-    let b = TestGateway::on_redis(&redis.url(), config).await;
-    let mut script = FaultScript::start(&[&a, &b], 200, 60, 1).await;
-    script.fault_point().await;
-    tokio::task::block_in_place(|| redis.kill());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::block_in_place(|| redis.restart());
-    let r = script.result().await;
-    assert_eq!(r["acknowledged"], json!(200), "{r}");
-    assert_eq!(r["missing"], json!(0), "{r}");
+    let r = restart_under_script(RedisServer::start_aof(), 1).await;
     assert_eq!(r["resubscribe_codes"], json!([0]), "no 2500: {r}");
     println!(
         "Redis restart with AOF: 200 acknowledged, 0 missing, no gap; longest silence {} ms",

@@ -18,7 +18,8 @@ use super::schedule::{Rng, Schedule};
 use super::state::{Run, GONE, MAX_OFFLINE};
 use super::stream::{Seen, StreamCheck};
 use crate::client::{
-    self, ClientError, Inbound, Position, Reader, Reply, SubscribeResult, Subscription, Writer,
+    self, ClientError, Inbound, Position, Reader, RecoveredPublication, Reply, SubscribeResult,
+    Subscription, Writer,
 };
 use crate::dial::Session;
 use crate::stamp::{fast_publication, unix_micros, write_stamp, Stamp};
@@ -247,14 +248,7 @@ impl Member<'_> {
                     ),
                 );
             }
-            for p in &r.publications {
-                let stamp = p
-                    .data
-                    .as_ref()
-                    .and_then(|d| serde_json::from_str::<Stamp>(d.get()).ok());
-                self.tally.recovered_publications += 1;
-                self.on_publication(p.offset, stamp, None);
-            }
+            self.replay(&r.publications);
         } else {
             self.tally.recovery_failed += 1;
             let from = self.tally.check.position();
@@ -267,16 +261,21 @@ impl Member<'_> {
             );
             self.tally.check.restart(r.offset, &r.epoch);
             // A new epoch handed over whole comes with its publications.
-            for p in &r.publications {
-                let stamp = p
-                    .data
-                    .as_ref()
-                    .and_then(|d| serde_json::from_str::<Stamp>(d.get()).ok());
-                self.tally.recovered_publications += 1;
-                self.on_publication(p.offset, stamp, None);
-            }
+            self.replay(&r.publications);
         }
         self.flush();
+    }
+
+    /// Check the publications of a subscribe reply, in order.
+    fn replay(&mut self, publications: &[RecoveredPublication]) {
+        for p in publications {
+            let stamp = p
+                .data
+                .as_ref()
+                .and_then(|d| serde_json::from_str::<Stamp>(d.get()).ok());
+            self.tally.recovered_publications += 1;
+            self.on_publication(p.offset, stamp, None);
+        }
     }
 
     /// Serve one session until the planned disconnect, a lost connection, or the
