@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use super::process::{say, ChildGuard};
 use super::start::{start_redis, RedisSpec};
 
-/// Break Redis every `every` after `start`, down for `down` each time, until the
-/// future is dropped (with the scenario's end). Stops breaking it if a restart
+/// Break Redis every `every` after `start`, down for `down` each time, `limit`
+/// times or until the future is dropped (with the scenario's end). Stops breaking it if a restart
 /// fails (the scenario then sees Redis gone for good, and says so).
 pub(super) async fn break_redis(
     redis: &mut ChildGuard,
@@ -19,9 +19,10 @@ pub(super) async fn break_redis(
     start: Instant,
     every: Duration,
     down: Duration,
+    limit: u32,
 ) {
     let at = |t: Instant| t.duration_since(start).as_secs_f64();
-    for n in 1u32.. {
+    for n in 1..=limit {
         tokio::time::sleep_until(start + every * n).await;
         redis.kill_now();
         say(format_args!(

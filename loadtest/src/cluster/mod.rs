@@ -87,6 +87,9 @@ pub struct ClusterOptions {
     /// --redis-down (humantime: 30s). Default: never.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub redis_fault_every: Option<Duration>,
+    /// At most this many faults (--redis-fault-every). Default: no limit.
+    #[arg(long, value_name = "N")]
+    pub redis_faults: Option<u32>,
     /// How long Redis stays down at each --redis-fault-every. Default 2s.
     #[arg(long, hide_default_value = true, default_value = "2s", value_parser = humantime::parse_duration)]
     pub redis_down: Duration,
@@ -337,7 +340,8 @@ where
     };
     let faults = async {
         if let Some(every) = opts.redis_fault_every {
-            fault::break_redis(redis, spec, start, every, opts.redis_down).await;
+            let limit = opts.redis_faults.unwrap_or(u32::MAX);
+            fault::break_redis(redis, spec, start, every, opts.redis_down, limit).await;
         }
         std::future::pending::<()>().await
     };

@@ -64,10 +64,15 @@ pub(crate) struct Tally {
     /// Own publications acked, refused, and never answered (the connection went first).
     pub acked: u64,
     pub publish_errors: u64,
-    /// Refused with a temporary error (Redis away): not taken, the publisher's to retry.
+    /// Refused with a temporary error (Redis away), or crossing the server's
+    /// unsubscribe: not taken, the publisher's to retry.
     pub publish_unavailable: u64,
     pub unanswered: u64,
 }
+
+/// The server's "permission denied": a publish into a room the connection is not
+/// subscribed to.
+const NOT_SUBSCRIBED: u32 = 103;
 
 /// What a session's reader hands the member.
 enum Event {
@@ -454,7 +459,7 @@ impl Member<'_> {
                 continue;
             };
             if reply.id != 0 {
-                self.on_reply(&reply);
+                self.on_reply(&reply, unsubscribed.is_some());
                 continue;
             }
             let Some(push) = reply.push else {
@@ -477,7 +482,10 @@ impl Member<'_> {
         (pings, unsubscribed)
     }
 
-    fn on_reply(&mut self, reply: &Reply<'_>) {
+    /// A publish's reply. `crossed`: the server unsubscribed the member earlier in
+    /// the same frame, so a 103 (not subscribed) answers a publication that crossed
+    /// that unsubscribe: refused for now, as during an outage.
+    fn on_reply(&mut self, reply: &Reply<'_>, crossed: bool) {
         if !self.in_flight.remove(&reply.id) {
             self.tally.unexpected += 1;
             return;
@@ -490,7 +498,7 @@ impl Member<'_> {
                 counters.publications.fetch_add(1, Ordering::Relaxed);
                 self.run.room_acked[self.tally.room].fetch_add(1, Ordering::Relaxed);
             }
-            Some(e) if e.temporary => {
+            Some(e) if e.temporary || (crossed && e.code == NOT_SUBSCRIBED) => {
                 self.tally.publish_unavailable += 1;
                 self.run.note(
                     "publish unavailable",

@@ -98,7 +98,9 @@ pub struct SoakCounts {
     /// Publications the server answered with an error (not temporary).
     pub publish_errors: u64,
     /// Publications the server refused with a temporary error (error 100 while
-    /// Redis was away): not taken; a failure only with --strict.
+    /// Redis was away), or with 103 after it unsubscribed the member (the
+    /// publication crossed the unsubscribe push): not taken; a failure only with
+    /// --strict.
     pub publish_unavailable: u64,
     /// Publications whose connection went before their answer.
     pub unanswered: u64,
