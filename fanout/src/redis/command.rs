@@ -1,6 +1,7 @@
 //! The command connection and how commands are run on it: connecting (standalone,
-//! cluster, or the primary Sentinel names), the retry-once policy, the health flag and its probe, reconnect
-//! backoff, and the history read that publishing nodes and repairs share.
+//! cluster, or the primary Sentinel names), the retry-once policy, the health flag
+//! and its probe, reconnect backoff, and the history read that publishing nodes and
+//! repairs share.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
