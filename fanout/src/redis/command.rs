@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::RedisConfig;
 use super::keys::Keys;
+use super::order::Gate;
 use super::scripts::{HistoryReply, Scripts};
 use super::target::Target;
 use crate::broker::new_epoch;
@@ -91,6 +92,11 @@ async fn invoke<T: redis::FromRedisValue>(
     inv.invoke_async(&mut cmd).await
 }
 
+/// The error of a publish the gate did not send: Redis did not answer.
+fn not_answering() -> redis::RedisError {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "redis is not answering").into()
+}
+
 /// Whether the first element of a ROLE reply is `master`.
 fn is_master(v: &Value) -> bool {
     match v {
@@ -158,6 +164,8 @@ pub(super) struct Commands {
     errors: AtomicU64,
     pub(super) keys: Keys,
     pub(super) scripts: Scripts,
+    /// Keeps publishes in order through a dropped connection.
+    gate: Gate,
 }
 
 impl Commands {
@@ -174,6 +182,7 @@ impl Commands {
             errors: AtomicU64::new(0),
             keys: Keys::new(cfg.prefix.clone()),
             scripts: Scripts::new(),
+            gate: Gate::default(),
         }))
     }
 
@@ -206,20 +215,54 @@ impl Commands {
     /// Run a command, once more on a fresh connection if the first attempt failed
     /// on a dropped connection (the first command after a Redis restart does) and a
     /// second run is harmless: `idempotent`, or the command cannot have been sent.
-    /// `f` is told whether it is the retry.
-    async fn with_retry<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T, BrokerError>
+    /// `f` is told whether it is the retry. A publish (`ordered`, on one server or
+    /// Sentinel's primary) keeps its order against the node's other publishes
+    /// through such a failure: see [`Gate`].
+    async fn with_retry<T, F, Fut>(
+        &self,
+        idempotent: bool,
+        ordered: bool,
+        f: F,
+    ) -> Result<T, BrokerError>
     where
         F: Fn(CmdConn, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
-        match f(self.conn(), false).await {
+        let ordered = ordered && !self.is_cluster();
+        let first = if !ordered || self.gate.open() {
+            f(self.conn(), false).await
+        } else {
+            match self.gate.pass(self.ready(), || f(self.conn(), false)).await {
+                Some(r) => r,
+                None => return self.record_health(Err(not_answering())),
+            }
+        };
+        match first {
             Err(e) if retryable(&e, idempotent) => {
                 tracing::debug!(error = %e, "redis command failed on a dropped connection; retrying once");
-                let r = f(self.conn(), true).await;
-                self.record_health(r)
+                if !ordered {
+                    return self.record_health(f(self.conn(), true).await);
+                }
+                self.gate.close();
+                match self.gate.pass(self.ready(), || f(self.conn(), true)).await {
+                    Some(r) => self.record_health(r),
+                    None => self.record_health(Err(not_answering())),
+                }
             }
             r => self.record_health(r),
         }
+    }
+
+    /// Whether Redis answers on the command connection, with the publish script
+    /// loaded (a restarted Redis has none, and a script loaded on demand would
+    /// take its publishes out of order again).
+    async fn ready(&self) -> bool {
+        let mut cmd = self.conn();
+        let check = async {
+            redis::cmd("PING").query_async::<String>(&mut cmd).await?;
+            self.scripts.publish.load_async(&mut cmd).await
+        };
+        matches!(tokio::time::timeout(self.timeout, check).await, Ok(Ok(_)))
     }
 
     /// Run `script` on `keys` (one slot) with `args`; see [`Commands::with_retry`].
@@ -230,32 +273,36 @@ impl Commands {
         args: &[Vec<u8>],
         idempotent: bool,
     ) -> Result<T, BrokerError> {
-        self.with_retry(idempotent, |cmd, _| invoke(script, keys, args, None, cmd))
-            .await
+        self.with_retry(idempotent, false, |cmd, _| {
+            invoke(script, keys, args, None, cmd)
+        })
+        .await
     }
 
-    /// As [`Commands::eval`] for a script that makes its own retry harmless: it is
-    /// retried, with `1` after `args` on the retry and `0` on the first run.
+    /// As [`Commands::eval`] for the publish script, which makes its own retry
+    /// harmless: it is retried, with `1` after `args` on the retry and `0` on the
+    /// first run, in order (see [`Commands::with_retry`]).
     pub(super) async fn eval_marking_retry<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         keys: &[String],
         args: &[Vec<u8>],
     ) -> Result<T, BrokerError> {
-        self.with_retry(true, |cmd, retry| {
+        self.with_retry(true, true, |cmd, retry| {
             let mark: &[u8] = if retry { b"1" } else { b"0" };
             invoke(script, keys, args, Some(mark), cmd)
         })
         .await
     }
 
-    /// Run one command; see [`Commands::with_retry`].
+    /// Run one command; see [`Commands::with_retry`]. `ordered`: a publish.
     pub(super) async fn query<T: redis::FromRedisValue>(
         &self,
         c: &Cmd,
         idempotent: bool,
+        ordered: bool,
     ) -> Result<T, BrokerError> {
-        self.with_retry(idempotent, |mut cmd, _| async move {
+        self.with_retry(idempotent, ordered, |mut cmd, _| async move {
             c.query_async(&mut cmd).await
         })
         .await

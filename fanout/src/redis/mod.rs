@@ -21,6 +21,7 @@
 //! - `delivery`: the ordered delivery workers, deciding with `position`;
 //! - `presence`: presence entries and their periodic refresh;
 //! - `command`: the command connection, retries, health, history reads;
+//! - `order`: publishes kept in order through a dropped connection;
 //! - `target`: where to connect (one server, a cluster, Sentinel's primary);
 //! - `scripts` (Lua in `lua/`), `keys`, `config`.
 //!
@@ -30,6 +31,7 @@ mod command;
 mod config;
 mod delivery;
 mod keys;
+mod order;
 mod position;
 mod presence;
 mod pubsub;
@@ -141,7 +143,7 @@ impl RedisBroker {
         let mut cmd = redis::cmd(c.publish_command());
         cmd.arg(c.keys.channel(room))
             .arg(ChannelMessage::unpositioned(&body));
-        c.query::<i64>(&cmd, false).await.map(|_| ())
+        c.query::<i64>(&cmd, false, false).await.map(|_| ())
     }
 }
 
@@ -216,7 +218,7 @@ impl Broker for RedisBroker {
             let mut cmd = redis::cmd(publish_cmd);
             cmd.arg(c.keys.channel(room))
                 .arg(ChannelMessage::unpositioned(&body));
-            c.query::<i64>(&cmd, false).await?;
+            c.query::<i64>(&cmd, false, true).await?;
             return Ok(StreamPosition::default());
         };
         // The id tags the stream entry, so our retry after a lost reply finds the
@@ -274,7 +276,7 @@ impl Broker for RedisBroker {
         let failed = futures_util::stream::iter(cmds)
             .map(move |cmd| {
                 let c = c.clone();
-                async move { c.query::<i64>(&cmd, true).await.err() }
+                async move { c.query::<i64>(&cmd, true, false).await.err() }
             })
             .buffer_unordered(KEEP_POSITIONS_CONCURRENCY)
             .filter_map(|e| async move { e })
@@ -289,7 +291,10 @@ impl Broker for RedisBroker {
     async fn remove_history(&self, room: &str) -> Result<(), BrokerError> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.commands.keys.stream_key(room));
-        self.commands.query::<i64>(&cmd, true).await.map(|_| ())
+        self.commands
+            .query::<i64>(&cmd, true, false)
+            .await
+            .map(|_| ())
     }
 
     async fn presence_add(&self, room: &str, info: &ClientInfo) -> Result<(), BrokerError> {

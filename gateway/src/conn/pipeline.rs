@@ -3,8 +3,9 @@
 //!
 //! Calls start in the order they were read, and a call is first polled only after
 //! every call before it was, so they reach the node's one multiplexed Redis
-//! connection, and Redis, in that order (after a lost Redis connection, the
-//! broker's one retry of each is not ordered against newer calls). Their replies
+//! connection, and Redis, in that order (after a lost Redis connection too: the
+//! broker retries them, and sends newer ones, in order; not yet on a Redis
+//! Cluster, see docs/operations.md §4). Their replies
 //! (and the errors of publishes refused before any call, entered already
 //! finished) leave in the same order. At most `client.max_publishes_in_flight`
 //! are held (one while the node is saturated, see
