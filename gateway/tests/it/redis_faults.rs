@@ -118,6 +118,19 @@ impl FaultScript {
     }
 }
 
+/// Check and print a failover's run: every publication acknowledged and received.
+fn failover_done(kind: &str, promoted: Duration, r: &Value) {
+    assert_eq!(r["acknowledged"], json!(200), "{r}");
+    assert_eq!(r["missing"], json!(0), "{r}");
+    println!(
+        "{kind} failover: replica promoted {} ms after the kill; 200 acknowledged, 0 missing; \
+         longest silence {} ms, first delivery {} ms after the fault",
+        promoted.as_millis(),
+        r["max_quiet_ms"],
+        r["fault_to_first_delivery_ms"]
+    );
+}
+
 /// [`config`], with the connections probed twice a second (so that a silent
 /// connection is found quickly).
 fn fast_probe(c: &mut gateway::Config) {
@@ -204,15 +217,7 @@ async fn sdk_readers_keep_every_acknowledged_publication_across_a_sentinel_failo
         not_ready.is_ok(),
         "no node turned not-ready while there was no primary"
     );
-    assert_eq!(r["acknowledged"], json!(200), "{r}");
-    assert_eq!(r["missing"], json!(0), "{r}");
-    println!(
-        "Sentinel failover: replica promoted {} ms after the kill; 200 acknowledged, 0 missing; \
-         longest silence {} ms, first delivery {} ms after the fault",
-        promoted.as_millis(),
-        r["max_quiet_ms"],
-        r["fault_to_first_delivery_ms"]
-    );
+    failover_done("Sentinel", promoted, &r);
 }
 
 /// Cluster: the master of the room's slot SIGKILLed at the 60th of 200
@@ -253,15 +258,7 @@ async fn sdk_readers_keep_every_acknowledged_publication_across_a_cluster_failov
     .await
     .expect("the replica promoted within 30 s");
     let r = script.result().await;
-    assert_eq!(r["acknowledged"], json!(200), "{r}");
-    assert_eq!(r["missing"], json!(0), "{r}");
-    println!(
-        "Cluster failover: replica promoted {} ms after the kill; 200 acknowledged, 0 missing; \
-         longest silence {} ms, first delivery {} ms after the fault",
-        promoted.as_millis(),
-        r["max_quiet_ms"],
-        r["fault_to_first_delivery_ms"]
-    );
+    failover_done("Cluster", promoted, &r);
 }
 
 /// `loadtest cluster --redis-fault-every` with the soak scenario: Redis killed at

@@ -498,22 +498,19 @@ impl Member<'_> {
                 counters.publications.fetch_add(1, Ordering::Relaxed);
                 self.run.room_acked[self.tally.room].fetch_add(1, Ordering::Relaxed);
             }
-            Some(e) if e.temporary || (crossed && e.code == NOT_SUBSCRIBED) => {
-                self.tally.publish_unavailable += 1;
-                self.run.note(
-                    "publish unavailable",
-                    format!(
-                        "member {}: publication refused for now: error {} {:?}",
-                        self.tally.member, e.code, e.message
-                    ),
-                );
-            }
             Some(e) => {
-                self.tally.publish_errors += 1;
+                let for_now = e.temporary || (crossed && e.code == NOT_SUBSCRIBED);
+                let (kind, what) = if for_now {
+                    self.tally.publish_unavailable += 1;
+                    ("publish unavailable", "refused for now")
+                } else {
+                    self.tally.publish_errors += 1;
+                    ("publish", "refused")
+                };
                 self.run.note(
-                    "publish",
+                    kind,
                     format!(
-                        "member {}: publication refused: error {} {:?}",
+                        "member {}: publication {what}: error {} {:?}",
                         self.tally.member, e.code, e.message
                     ),
                 );
