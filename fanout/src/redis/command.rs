@@ -317,7 +317,11 @@ impl Commands {
     fn record_health<T>(&self, r: Result<T, redis::RedisError>) -> Result<T, BrokerError> {
         match r {
             Ok(v) => {
-                self.ok.store(true, Ordering::Relaxed);
+                // Back from failing: publishes waiting at the gate ask Redis again.
+                if !self.ok.load(Ordering::Relaxed) {
+                    self.ok.store(true, Ordering::Relaxed);
+                    self.gate.redis_answered();
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -356,6 +360,9 @@ impl Commands {
             matches!(r, Ok(Ok(_)))
         };
         self.ok.store(ok, Ordering::Relaxed);
+        if ok {
+            self.gate.redis_answered();
+        }
         *failed_probes = if ok { 0 } else { *failed_probes + 1 };
         // A connection that stopped answering without closing is replaced; one
         // that closed reconnects by itself, to the same address: behind Sentinel
