@@ -183,23 +183,14 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Where the demo chat page is, and a loud warning when it mints tokens for
-/// anyone outside development mode or on an address others can reach.
+/// Where the demo chat page is, and a loud warning when it mints tokens (in
+/// development mode) on an address others can reach.
 fn log_demo(config: &Config, local: std::net::SocketAddr) {
     if !config.demo_page() {
         return;
     }
     tracing::info!("demo chat page on http://{local}/ (demo.enabled = false turns it off)");
-    if config.demo_mint_secret().is_none() {
-        return;
-    }
-    if !config.development_mode() {
-        tracing::warn!(
-            "demo.mint_tokens: POST /demo/token gives a connection token for any nickname, \
-             signed with the configured secret, to anyone who reaches this port. \
-             FOR DEVELOPMENT ONLY"
-        );
-    } else if !local.ip().is_loopback() {
+    if config.demo_mint_secret().is_some() && !local.ip().is_loopback() {
         tracing::warn!(
             "development mode on {local}: anyone who reaches it can get a token at POST /demo/token"
         );

@@ -117,47 +117,42 @@
 
   class TokenRefused extends Error {}
 
-  /** Token URLs to try: this page's node, then the node of `endpoint`, then the others. */
-  function tokenUrls(endpoints, endpoint) {
-    const urls = [new URL('/demo/token', location.href).href];
-    for (const ws of [endpoint, ...endpoints]) {
-      try {
-        const u = new URL(ws);
-        u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-        u.pathname = '/demo/token';
-        u.search = '';
-        if (!urls.includes(u.href)) urls.push(u.href);
-      } catch (_) {
-        // Not a URL: skip it.
-      }
+  /**
+   * Where to ask for a token to connect to `endpoint`: that endpoint's own node,
+   * since in development mode every node signs with a secret of its own.
+   */
+  function tokenUrl(endpoint) {
+    try {
+      const u = new URL(endpoint);
+      u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+      u.pathname = '/demo/token';
+      u.search = '';
+      return u.href;
+    } catch (_) {
+      return new URL('/demo/token', location.href).href;
     }
-    return urls;
   }
 
-  /** A connection token for `nick` from the first node that answers. */
-  async function fetchToken(nick, endpoints, endpoint) {
-    let last = null;
-    for (const url of tokenUrls(endpoints, endpoint)) {
-      let resp;
-      try {
-        resp = await fetch(url, {
-          method: 'POST',
-          body: new URLSearchParams({ user: nick }),
-          cache: 'no-store',
-          signal: AbortSignal.timeout(TOKEN_TIMEOUT_MS),
-        });
-      } catch (err) {
-        last = err; // that node is unreachable: ask the next
-        continue;
-      }
-      const body = await resp.json().catch(() => ({}));
-      if (resp.ok && typeof body.token === 'string') return body.token;
-      if (resp.status === 400 || resp.status === 413) {
-        throw new TokenRefused(body.error || `the node refused (${resp.status})`);
-      }
-      last = new Error(body.error || `${url}: HTTP ${resp.status}`);
+  /** A connection token for `nick`, valid on the node of `endpoint`. */
+  async function fetchToken(nick, endpoint) {
+    const url = tokenUrl(endpoint);
+    let resp;
+    try {
+      resp = await fetch(url, {
+        method: 'POST',
+        body: new URLSearchParams({ user: nick }),
+        cache: 'no-store',
+        signal: AbortSignal.timeout(TOKEN_TIMEOUT_MS),
+      });
+    } catch (err) {
+      throw new Error(`${url}: ${describe(err)}`);
     }
-    throw last || new Error('no node to ask for a token');
+    const body = await resp.json().catch(() => ({}));
+    if (resp.ok && typeof body.token === 'string') return body.token;
+    if (resp.status === 400 || resp.status === 413) {
+      throw new TokenRefused(body.error || `the node refused (${resp.status})`);
+    }
+    throw new Error(body.error || `${url}: HTTP ${resp.status}`);
   }
 
   // ---- A room ------------------------------------------------------------
@@ -268,12 +263,15 @@
       this.teardown();
       this.index = (this.index + 1) % this.endpoints.length;
       notice(`${from} is unreachable: moving to ${this.endpoint}`, true);
+      // A minted token is valid on the node that signed it only: with none, the
+      // SDK asks getToken, which asks the next endpoint's node.
+      if (settings.mint) this.token = '';
       this.open();
     }
 
     async renewToken() {
       try {
-        this.token = await fetchToken(this.nick, this.endpoints, this.endpoint);
+        this.token = await fetchToken(this.nick, this.endpoint);
         return this.token;
       } catch (err) {
         // A refusal ends the connection; anything else is retried by the SDK.
@@ -447,7 +445,7 @@
     if (settings.mint) {
       el('join-button').disabled = true;
       try {
-        token = await fetchToken(nick, endpointList(), endpointList()[0]);
+        token = await fetchToken(nick, endpointList()[0]);
       } catch (err) {
         showJoinError(`No token: ${describe(err)}`);
         return;

@@ -4,15 +4,13 @@
 //! The rules (`DemoConfig::page`, `DemoConfig::mints`, pure functions of this
 //! section and of development mode): the page is on in development mode (no token
 //! key configured, so the binary generated a secret) unless `enabled = false`, and
-//! otherwise only with `enabled = true`; the node mints demo tokens where the page
-//! is on and either it is in development mode or `mint_tokens = true` (development
-//! only, with a configured HMAC secret).
+//! otherwise only with `enabled = true`; the node mints demo tokens only where the
+//! page is on in development mode: with a key configured, `POST /demo/token` does
+//! not exist, whatever the configuration says.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
-
-use shared::auth::KeyConfig;
 
 use super::channel::ChannelOptions;
 use super::error::{invalid, ConfigError};
@@ -53,12 +51,6 @@ pub struct DemoConfig {
     /// (`GATEWAY_DEMO` overrides it) and checked by `validate`.
     #[serde(deserialize_with = "bool_or_string")]
     pub enabled: String,
-    /// Mint demo tokens (`POST /demo/token`) with the configured
-    /// `token.hmac_secret` too, not only in development mode: anyone who reaches
-    /// the client port gets a token for any nickname, so this is for a
-    /// development cluster only (nodes that must share one secret). Needs
-    /// `enabled = true`. Default false.
-    pub mint_tokens: bool,
     /// Lifetime of a demo connection token; the page asks for a new one before it
     /// expires. Default 15m.
     #[serde(with = "humantime_serde")]
@@ -74,7 +66,6 @@ impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
             enabled: "auto".into(),
-            mint_tokens: false,
             token_ttl: Duration::from_secs(15 * 60),
             endpoints: Vec::new(),
         }
@@ -131,25 +122,15 @@ impl DemoConfig {
         }
     }
 
-    /// Whether the node mints demo tokens (`POST /demo/token` exists).
+    /// Whether the node mints demo tokens (`POST /demo/token` exists): only with
+    /// the page on in development mode. A node with a key configured never hands
+    /// out tokens for the asking.
     pub fn mints(&self, development: bool) -> bool {
-        self.page(development) && (development || self.mint_tokens)
+        development && self.page(development)
     }
 
-    pub(crate) fn validate(&self, development: bool, token: &KeyConfig) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.switch()?;
-        if self.mint_tokens && !self.page(development) {
-            return Err(invalid(
-                "demo.mint_tokens",
-                "needs the demo page on: demo.enabled = true",
-            ));
-        }
-        if self.mint_tokens && token.hmac_secret.is_none() && token.has_key() {
-            return Err(invalid(
-                "demo.mint_tokens",
-                "needs token.hmac_secret (demo tokens are HS256)",
-            ));
-        }
         if !(MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&self.token_ttl) {
             return Err(invalid(
                 "demo.token_ttl",
@@ -192,15 +173,13 @@ mod tests {
         c.demo.enabled = "false".into();
         assert!(!c.demo_page() && c.demo_mint_secret().is_none());
 
-        // A configured key: off unless enabled, and no minting unless asked.
+        // A configured key: off unless enabled, and never minting.
         let mut c = with_key();
         assert!(!c.development_mode() && !c.demo_page());
         c.demo.enabled = "true".into();
+        c.validate().unwrap();
         assert!(c.demo_page());
         assert_eq!(c.demo_mint_secret(), None);
-        c.demo.mint_tokens = true;
-        c.validate().unwrap();
-        assert_eq!(c.demo_mint_secret(), Some("s"));
     }
 
     #[test]
@@ -220,24 +199,11 @@ mod tests {
 
     #[test]
     fn bad_demo_settings_name_the_field() {
-        let mut c = with_key();
-        c.demo.mint_tokens = true;
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("demo.mint_tokens"), "{e}");
-
-        let mut c = Config::default();
-        c.token.hmac_secret = None;
-        c.token.ecdsa_public_key = Some(
-            "-----BEGIN PUBLIC KEY-----\n\
-             MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE1wWkTjIWddBTRdefpe3c1q2idqsR\n\
-             PPfdkktuexOmsb8sbCEu99WJtrm5vqP6kv3PK+r9vOTh55681WG+v1c2Fw==\n\
-             -----END PUBLIC KEY-----\n"
-                .into(),
-        );
-        c.demo.enabled = "true".into();
-        c.demo.mint_tokens = true;
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("token.hmac_secret"), "{e}");
+        // There is no switch that makes a node with a key mint tokens.
+        let e = Config::from_toml("[demo]\nenabled = true\nmint_tokens = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mint_tokens"), "{e}");
 
         let mut c = Config::default();
         c.demo.token_ttl = Duration::from_secs(1);

@@ -388,7 +388,7 @@ impl Config {
             }
             ns.validate(&format!("namespaces.{name}"), &self.proxy)?;
         }
-        self.demo.validate(self.development_mode(), &self.token)?;
+        self.demo.validate()?;
         let s = &self.shutdown;
         if s.grace_period <= s.readiness_delay + s.drain_window {
             return Err(invalid(

@@ -27,7 +27,7 @@ use fanout::testing::RedisServer;
 use serde_json::{json, Value};
 
 use crate::deploy::{free_port, wait_http, Proc};
-use crate::support::{http_get, http_post, http_request, Client, TestGateway, SECRET};
+use crate::support::{http_get, http_post, http_request, Client, TestGateway};
 
 /// Bound on the browser script (its own bound is 55 s).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(75);
@@ -309,20 +309,17 @@ async fn two_browsers_chat_across_two_nodes_and_one_moves_on_when_its_node_dies(
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
-    // Both nodes mint with one secret, so either verifies the other's tokens.
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, "[demo]\nenabled = true\nmint_tokens = true\n").unwrap();
+    // Both nodes in development mode (no key): each mints with a secret of its
+    // own, so the page that moves to node B must ask B for its token.
     let mut nodes = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GATEWAY_")) {
             cmd.env_remove(k);
         }
-        cmd.env("GATEWAY_CONFIG", &config)
-            .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        cmd.env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
             .env("GATEWAY_ADMIN_LISTEN", "")
             .env("GATEWAY_REDIS_URL", redis.url())
-            .env("GATEWAY_TOKEN_HMAC_SECRET", SECRET)
             .env("GATEWAY_ALLOWED_ORIGINS", origins.join(","))
             .env("GATEWAY_NODE_NAME", format!("demo-{i}"))
             .env("GATEWAY_LOG", "warn");

@@ -1,5 +1,6 @@
 //! The README's examples hold: every TOML block in it is a configuration that
-//! `gateway check-config` accepts.
+//! `gateway check-config` accepts, and every image it (or BENCHMARKS.md) shows is
+//! a file in the repository.
 
 use std::path::Path;
 use std::process::Command;
@@ -66,4 +67,36 @@ fn every_readme_toml_block_passes_check_config() {
     }
     std::fs::remove_dir_all(&dir).ok();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The targets of the markdown images (`![alt](path)`) in a text.
+fn image_paths(markdown: &str) -> Vec<&str> {
+    markdown
+        .split("![")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("](")?.1.split_once(')'))
+        .map(|(path, _)| path)
+        .collect()
+}
+
+#[test]
+fn every_image_the_readme_and_benchmarks_show_is_in_the_repository() {
+    assert_eq!(
+        image_paths("a ![x](docs/a.png) b ![y](b.svg)"),
+        ["docs/a.png", "b.svg"]
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut shown = 0;
+    for doc in ["README.md", "BENCHMARKS.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).expect("readable");
+        for path in image_paths(&text) {
+            let len = std::fs::metadata(root.join(path)).map(|m| m.len());
+            assert!(
+                len.as_ref().is_ok_and(|&l| l > 0),
+                "{doc} shows {path}: {len:?}"
+            );
+            shown += 1;
+        }
+    }
+    assert!(shown >= 2, "the demo screenshot and the fan-out report");
 }

@@ -8,7 +8,9 @@
 // each page lists both endpoints, its own first. Checked like a person would:
 // the join form by its labels, messages both ways in order, both users online,
 // a reload shows the room's history, and when node A is SIGKILLed page 1 moves to
-// node B and shows what bob sent meanwhile, once each and in order. With
+// node B (asking node B for a token: each node signs with its own secret in
+// development mode) and shows what bob sent meanwhile, once each and in order;
+// bob leaves and alice sees it. With
 // `screenshot` set, page 1 is saved as a PNG once both are chatting.
 //
 // Prints one line per step and a last JSON line {"ok":true,...}; on failure the
@@ -50,6 +52,10 @@ function readPage(page) {
       messages: items
         .filter((li) => li.classList.contains('msg'))
         .map((li) => `${li.querySelector('.who').textContent}: ${li.querySelector('.text').textContent}`),
+      // Each message's time, as the page gives it to the <time> element.
+      times: items
+        .filter((li) => li.classList.contains('msg'))
+        .map((li) => (li.querySelector('time') || {}).dateTime || ''),
       notices: items.filter((li) => li.classList.contains('notice')).map((li) => li.textContent),
       joinError: document.getElementById('join-error').textContent,
     };
@@ -162,10 +168,13 @@ async function main() {
   for (const who of ['alice', 'bob']) {
     await until(who, 'the burst, in order', (s) => same(s.messages, expected));
   }
+  const shown = await readPage(pages.alice);
+  check(shown.times.length === shown.messages.length && shown.times.every((t) => !Number.isNaN(Date.parse(t))),
+    `a message without its time: ${JSON.stringify(shown.times)}`);
   await converse('bob', '<b>not bold</b> & <script>alert(1)</script>');
   const markup = await pages.alice.evaluate(() => document.querySelectorAll('#messages b, #messages script').length);
   check(markup === 0, 'a message was put in the page as markup');
-  step(`2 ${expected.length} messages both ways, in order on both pages; markup shown as text`);
+  step(`2 ${expected.length} messages both ways, in order on both pages, each with its time; markup shown as text`);
 
   // 3. A reload shows the room's history and rejoins from the address.
   await pages.bob.reload();
@@ -176,7 +185,7 @@ async function main() {
   // 4. Node A dies: alice's page moves to node B and shows what bob sent meanwhile.
   process.kill(a.pid, 'SIGKILL');
   step(`SIGKILL to node A (pid ${a.pid})`);
-  await until('alice', 'the connection drop shown', (s) => s.state !== 'connected');
+  await until('alice', 'the connection drop shown as reconnecting', (s) => s.state === 'reconnecting');
   const missed = ['Alice, are you there?', 'Node A is gone.', 'You should get these three.'];
   for (const text of missed) {
     await say('bob', text);
@@ -192,6 +201,11 @@ async function main() {
   await converse('alice', 'Back, through node B.');
   await until('alice', 'both online after the move', (s) => same(s.members, ['alice', 'bob']));
   step('5 alice publishes through node B; both pages agree');
+
+  await pages.bob.getByRole('button', { name: 'Leave room' }).click();
+  await until('alice', 'the notice that bob left, and alice alone online',
+    (s) => s.notices.includes('bob left') && same(s.members, ['alice']));
+  step('6 bob left the room: alice sees the notice and only herself online');
 
   check(pageErrors.length === 0, `uncaught errors in the pages: ${pageErrors.join('; ')}`);
   await browser.close();

@@ -255,5 +255,17 @@ async fn cluster_passes_report_to_the_scenario_whose_file_adds_up_to_the_json() 
     );
     assert_eq!(total("data-connect"), report["connections"].as_u64());
     assert!(html.contains("loadtest fanout: <span class=\"ok\">OK</span>"));
+    // The run's parameters are on the page, and nothing needs a script to show.
+    let command = xml
+        .descendants()
+        .find(|n| n.has_tag_name("th") && n.text() == Some("command"))
+        .and_then(|th| th.next_sibling_element())
+        .map(|td| td.descendants().filter_map(|n| n.text()).collect::<String>())
+        .expect("the command row");
+    assert!(command.contains("--subscribers 10"), "{command}");
+    assert!(
+        !xml.descendants().any(|n| n.has_tag_name("script")),
+        "a script in the report"
+    );
     std::fs::remove_dir_all(&scratch).ok();
 }
