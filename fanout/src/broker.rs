@@ -131,6 +131,9 @@ pub struct BrokerStats {
     pub pubsub_reconnects: u64,
     /// Gaps in a room's publications filled from its stream.
     pub gap_repairs: u64,
+    /// Rooms whose stream was found to have lost publications this node had
+    /// delivered (a failover or restart from an older copy); each got a new epoch.
+    pub diverged_streams: u64,
     /// Messages dropped because a delivery worker's queue was full (each repaired
     /// or reported lost).
     pub dropped_messages: u64,

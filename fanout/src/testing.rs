@@ -441,7 +441,8 @@ impl Proxy {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Stop forwarding on every connection open now (data stays unread).
+    /// Stop forwarding on every connection open now (data stays unread); each
+    /// stays open, silent, until [`Proxy::cut`], even if the server goes away.
     pub fn freeze(&self) {
         for (f, _) in self.state.conns.lock().iter() {
             f.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -484,7 +485,17 @@ async fn pipe(
             return;
         }
         let n = tokio::select! {
-            r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => {
+                    // A frozen connection stays open and silent whatever the other
+                    // side does (the server may even be restarted meanwhile).
+                    if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                        cut.cancelled().await;
+                    }
+                    return;
+                }
+                Ok(n) => n,
+            },
             _ = cut.cancelled() => return,
         };
         if frozen.load(std::sync::atomic::Ordering::SeqCst) {

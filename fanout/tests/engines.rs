@@ -540,9 +540,10 @@ async fn redis_repairs_from_history_after_pubsub_reconnect() {
 
 /// What a failover to a replica that missed the last publications leaves: the
 /// stream behind what the node delivered, in the same epoch, and the next
-/// publications taking those offsets again. The node reports the room lost and goes
-/// on from the stream's top: the new publications are delivered, not skipped as
-/// repeats of what it had.
+/// publications taking those offsets again. The node reports the room lost, gives
+/// it a new epoch (so that a client recovering from offset 5 is told it cannot)
+/// and goes on from the stream's top: the new publications are delivered, not
+/// skipped as repeats of what it had.
 #[tokio::test]
 async fn redis_stream_behind_the_node_is_reported_and_its_reused_offsets_delivered() {
     let server = RedisServer::start();
@@ -550,8 +551,13 @@ async fn redis_stream_behind_the_node_is_reported_and_its_reused_offsets_deliver
     let (a, rec) = redis_via(proxy.url()).await;
     let (b, _) = redis(&server).await;
     a.subscribe("r").await.unwrap();
+    let mut epoch = String::new();
     for n in 1..=5 {
-        b.publish("r", publication(n), Some(HIST)).await.unwrap();
+        epoch = b
+            .publish("r", publication(n), Some(HIST))
+            .await
+            .unwrap()
+            .epoch;
     }
     rec.until("1..5", |e| pubs_in(e, "r").len() == 5).await;
     // The replica had 1..3: the top back at 3, entries 4 and 5 gone.
@@ -571,9 +577,91 @@ async fn redis_stream_behind_the_node_is_reported_and_its_reused_offsets_deliver
     for n in 6..=7 {
         let p = b.publish("r", publication(n), Some(HIST)).await.unwrap();
         assert_eq!(p.offset, n - 2, "the replica's offsets are taken again");
+        assert_ne!(p.epoch, epoch, "in a new epoch");
     }
     let ev = rec.until("6 and 7", |e| pubs_in(e, "r").len() >= 7).await;
     assert_eq!(pubs_in(&ev, "r")[5..], [(4, 6), (5, 7)]);
+    assert_eq!(a.stats().map(|s| s.diverged_streams), Some(1));
+}
+
+/// Redis restarted from a copy older than what it acknowledged (a snapshot taken
+/// at 3; 4 and 5 published and delivered; then killed and started again), and
+/// three new publications take offsets 4..6 before the node is back: its stream
+/// now runs past the node's position with other publications at 4 and 5. By
+/// offsets alone nothing is missing; the node finds the entry at its position is
+/// another publication, gives the room a new epoch and reports it lost, so no
+/// client is told it recovered when it did not.
+#[tokio::test]
+async fn redis_restart_from_an_older_copy_is_found_by_content_and_gets_a_new_epoch() {
+    let mut server = RedisServer::start();
+    let proxy = Proxy::start(server.port).await;
+    // No probe during the test: the node hears of the restart only at the cut.
+    let (a, rec) = redis_with(RedisConfig {
+        url: proxy.url(),
+        pubsub_shards: 1,
+        probe_interval: Duration::from_secs(60),
+        command_timeout: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let (b, _) = redis(&server).await;
+    a.subscribe("r").await.unwrap();
+    let mut epoch = String::new();
+    for n in 1..=3 {
+        epoch = b
+            .publish("r", publication(n), Some(HIST))
+            .await
+            .unwrap()
+            .epoch;
+    }
+    let saved = raw_command(server.port, "SAVE").unwrap_or_default();
+    assert!(saved.starts_with("+OK"), "SAVE: {saved}");
+    for n in 4..=5 {
+        b.publish("r", publication(n), Some(HIST)).await.unwrap();
+    }
+    rec.until("1..5", |e| pubs_in(e, "r").len() == 5).await;
+
+    proxy.freeze();
+    server.restart();
+    for n in 6..=8 {
+        let p = publish_until_accepted(&b, n).await;
+        assert_eq!((p.offset, p.epoch.as_str()), (n - 2, epoch.as_str()));
+    }
+    assert!(!rec.events.lock().contains(&Ev::Lost("r".into())));
+    proxy.cut();
+    rec.until("the room lost", |e| e.contains(&Ev::Lost("r".into())))
+        .await;
+    let p = b.publish("r", publication(9), Some(HIST)).await.unwrap();
+    assert_eq!(p.offset, 7);
+    assert_ne!(p.epoch, epoch, "a new epoch");
+    let ev = rec
+        .until("9 live", |e| pubs_in(e, "r").iter().any(|p| p.1 == 9))
+        .await;
+    // 6..8 are not delivered as if they followed 5: the room was reported lost.
+    assert_eq!(
+        pubs_in(&ev, "r"),
+        [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (7, 9)]
+    );
+    assert_eq!(a.stats().map(|s| s.diverged_streams), Some(1));
+    // A client recovering from offset 5 of the old epoch finds another epoch.
+    let since = HistoryQuery {
+        since: Some(StreamPosition { offset: 5, epoch }),
+        ..Default::default()
+    };
+    let page = a.history("r", since, HIST.meta_ttl).await.unwrap();
+    assert_eq!(page.position.epoch, p.epoch);
+}
+
+/// Publish `n` with history, retrying while Redis is coming back.
+async fn publish_until_accepted(b: &RedisBroker, n: u64) -> StreamPosition {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match b.publish("r", publication(n), Some(HIST)).await {
+            Ok(p) => return p,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "publish {n}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A pub/sub connection that goes silent without closing (as in a failover) is found

@@ -22,7 +22,7 @@
 //! | `gateway_read_pauses_total`, `gateway_read_paused_seconds_total` | counters | `ws` (a connection's publish pipeline was full, so its socket was not read: overload as backpressure) |
 //! | `gateway_scheduler_lag_seconds` | gauge | `load` (how late the runtime runs a ticking task: saturation) |
 //! | `gateway_broker_publish_duration_seconds` | histogram | `node` (`Node::publish`: every publish through the broker) |
-//! | `gateway_redis_command_errors_total`, `gateway_redis_pubsub_reconnects_total`, `gateway_redis_gap_repairs_total`, `gateway_redis_dropped_messages_total` | counters | read from the broker at scrape ([`fanout::BrokerStats`]; Redis engine only) |
+//! | `gateway_redis_command_errors_total`, `gateway_redis_pubsub_reconnects_total`, `gateway_redis_gap_repairs_total`, `gateway_redis_dropped_messages_total`, `gateway_redis_diverged_streams_total` | counters | read from the broker at scrape ([`fanout::BrokerStats`]; Redis engine only) |
 //! | `gateway_redis_presence_refresh_duration_seconds` | summary (sum, count) | as above |
 //! | `gateway_proxy_calls_total{kind, result}` | counter | `proxy` (each call to the backend: `ok`, or why it failed) |
 //! | `gateway_proxy_duration_seconds{kind}` | histogram | `proxy` (every call, whatever its result) |
@@ -293,13 +293,14 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
 }
 
 /// Names and help of the broker's counts, in [`BrokerCollector::collect`]'s
-/// order: four counters, then a summary (sum and count only).
+/// order: five counters, then a summary (sum and count only).
 #[rustfmt::skip]
-const BROKER_METRICS: [(&str, &str); 5] = [
+const BROKER_METRICS: [(&str, &str); 6] = [
     ("gateway_redis_command_errors_total", "Redis commands that failed (after their one retry)"),
     ("gateway_redis_pubsub_reconnects_total", "Redis pub/sub connections re-established after a loss"),
     ("gateway_redis_gap_repairs_total", "Gaps in a room's publications filled from its Redis stream"),
     ("gateway_redis_dropped_messages_total", "Pub/sub messages dropped at a full delivery worker queue (then repaired or reported lost)"),
+    ("gateway_redis_diverged_streams_total", "Rooms whose Redis stream lost publications this node had delivered (a failover or a restart from an older copy); each got a new epoch"),
     ("gateway_redis_presence_refresh_duration_seconds", "Time of one round of presence refresh in Redis"),
 ];
 
@@ -323,6 +324,7 @@ impl Collector for BrokerCollector {
             s.pubsub_reconnects,
             s.gap_repairs,
             s.dropped_messages,
+            s.diverged_streams,
         ];
         let mut metrics: Vec<(MetricType, proto::Metric)> = counters
             .into_iter()

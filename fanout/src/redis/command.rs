@@ -17,10 +17,14 @@ use tokio_util::sync::CancellationToken;
 use super::config::RedisConfig;
 use super::keys::Keys;
 use super::order::Gate;
+use super::position::digest;
 use super::scripts::{HistoryReply, Scripts};
 use super::target::Target;
 use crate::broker::new_epoch;
 use crate::broker::{BrokerError, HistoryPage, HistoryQuery, StreamPosition};
+
+/// A stream entry as XRANGE returns it: id, then field and value pairs.
+type StreamEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
@@ -429,5 +433,39 @@ impl Commands {
             publications,
             position: StreamPosition { offset: top, epoch },
         })
+    }
+
+    /// The [`digest`] of the envelope of `room`'s stream entry at `offset`, if
+    /// the stream holds that entry.
+    pub(super) async fn entry_digest(
+        &self,
+        room: &str,
+        offset: u64,
+    ) -> Result<Option<u64>, BrokerError> {
+        let id = format!("{offset}-0");
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(self.keys.stream_key(room)).arg(&id).arg(&id);
+        let entries: Vec<StreamEntry> = self.query(&cmd, true, false).await?;
+        Ok(entries.first().and_then(|(_, fields)| {
+            fields
+                .iter()
+                .find(|(name, _)| name == b"d")
+                .map(|(_, envelope)| digest(envelope))
+        }))
+    }
+
+    /// Give `room` a new epoch if it is still `followed` (see the script); returns
+    /// the room's epoch and top after.
+    pub(super) async fn bump_epoch(
+        &self,
+        room: &str,
+        followed: &str,
+    ) -> Result<StreamPosition, BrokerError> {
+        let keys = &self.keys.history_keys(room)[..1];
+        let args = args![followed, new_epoch()];
+        let (epoch, offset): (String, u64) = self
+            .eval(&self.scripts.epoch_bump, keys, &args, true)
+            .await?;
+        Ok(StreamPosition { offset, epoch })
     }
 }

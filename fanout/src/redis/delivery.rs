@@ -1,8 +1,10 @@
 //! Ordered delivery: pub/sub messages are handed to per-room-ordered workers; a
 //! worker delivers in offset order and repairs gaps (an offset jump, a reconnect,
-//! a dropped message) from the stream, or reports the room lost. What to do is
-//! decided by the pure functions of [`super::position`]; this code reads history
-//! and acts on it.
+//! a dropped message) from the stream, or reports the room lost. A resync that
+//! finds the stream lost what the node delivered (a failover or a restart from an
+//! older copy) gives the room a new epoch, so that every client is told
+//! (`Delivery::diverged`). What to do is decided by the pure functions of
+//! [`super::position`]; this code reads history and acts on it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::command::{backoff, Commands};
 use super::keys::{hash_index, CONTROL_ROOM};
 use super::position::{
-    advance, covers, plan_resync, resync_query, step, Positions, ResyncPlan, RoomPosition, Step,
+    advance, check_entry, covers, digest, diverged, plan_resync, resync_query, step, Positions,
+    ResyncPlan, RoomPosition, Step,
 };
 use crate::broker::{BrokerHandler, HistoryQuery, NodeInfo, NodeRegistry, StreamPosition};
 
@@ -83,6 +86,8 @@ pub(super) struct Delivery {
     dropped: AtomicU64,
     /// Gaps filled from the stream.
     repairs: AtomicU64,
+    /// Rooms whose stream was found to have lost what this node delivered.
+    diverged: AtomicU64,
     stop: CancellationToken,
 }
 
@@ -113,6 +118,7 @@ impl Delivery {
             registry: NodeRegistry::default(),
             dropped: AtomicU64::new(0),
             repairs: AtomicU64::new(0),
+            diverged: AtomicU64::new(0),
             stop,
         });
         for (i, rx) in worker_rx.into_iter().enumerate() {
@@ -143,6 +149,12 @@ impl Delivery {
     /// Gaps filled from the stream.
     pub(super) fn repairs(&self) -> u64 {
         self.repairs.load(Ordering::Relaxed)
+    }
+
+    /// Rooms whose stream was found to have lost what this node delivered (each
+    /// given a new epoch).
+    pub(super) fn diverged_streams(&self) -> u64 {
+        self.diverged.load(Ordering::Relaxed)
     }
 
     fn worker(&self, room: &str) -> &Worker {
@@ -266,7 +278,7 @@ impl Delivery {
             }
             Step::Lost => handler.on_lost(room),
         }
-        advance(positions, room, msg.offset, msg.epoch);
+        advance(positions, room, msg.offset, msg.epoch, digest(msg.body));
         self.deliver_publication(room, &env, msg.offset, msg.epoch);
     }
 
@@ -305,7 +317,7 @@ impl Delivery {
         for p in &page.publications {
             handler.on_publication(room, p, epoch);
         }
-        advance(positions, room, upto, epoch);
+        advance(positions, room, upto, epoch, 0);
         self.repairs.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -346,50 +358,91 @@ impl Delivery {
             return;
         };
         let top = &page.position;
+        if let Some(p) = positions.get(room) {
+            let entry = if check_entry(p, top) {
+                self.commands
+                    .entry_digest(room, p.offset)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(%room, error = %e, "stream entry read for resync failed");
+                        None
+                    })
+            } else {
+                None
+            };
+            if diverged(p, top, entry) {
+                let followed = p.epoch.clone();
+                self.retire_epoch(positions, room, followed, top).await;
+                return;
+            }
+        }
         match plan_resync(known.as_ref().map(|(o, e)| (*o, &**e)), &page) {
             ResyncPlan::Nothing => {}
             ResyncPlan::Baseline => {
                 positions.insert(
                     room.clone(),
-                    RoomPosition {
-                        offset: top.offset,
-                        epoch: top.epoch.as_str().into(),
-                        delivered: false,
-                    },
+                    RoomPosition::at(top.offset, &top.epoch, false),
                 );
             }
             ResyncPlan::Gone => {
                 handler.on_lost(room);
-                positions.insert(
-                    room.clone(),
-                    RoomPosition {
-                        offset: 0,
-                        epoch: "".into(),
-                        delivered: false,
-                    },
-                );
+                positions.insert(room.clone(), RoomPosition::at(0, "", false));
             }
             ResyncPlan::Deliver(publications) => {
                 for p in publications {
                     handler.on_publication(room, p, &top.epoch);
                 }
-                advance(positions, room, top.offset, &top.epoch);
+                advance(positions, room, top.offset, &top.epoch, 0);
             }
             ResyncPlan::Lost => {
                 handler.on_lost(room);
-                // From the top, even below the position: a failover can lose a tail
-                // the node had delivered, and the new primary gives those offsets
-                // to new publications, which must not be skipped as repeats.
-                positions.insert(
-                    room.clone(),
-                    RoomPosition {
-                        offset: top.offset,
-                        epoch: top.epoch.as_str().into(),
-                        delivered: true,
-                    },
-                );
+                positions.insert(room.clone(), RoomPosition::at(top.offset, &top.epoch, true));
             }
         }
+    }
+
+    /// The room's stream lost publications this node delivered from epoch
+    /// `followed`, and its offsets go to other publications: a client that
+    /// recovers from a lost offset would get the new ones after it as if nothing
+    /// was missing. The room gets a new epoch (one node wins; the others find it
+    /// changed), so every recovery from `followed` answers `recovered: false`, and
+    /// this node's subscribers are told now. Publications of `followed` still in
+    /// flight are skipped. If Redis cannot be asked, the room is reported lost and
+    /// followed from the top, below the position (the reused offsets must not be
+    /// skipped as repeats).
+    async fn retire_epoch(
+        &self,
+        positions: &mut Positions,
+        room: &Arc<str>,
+        followed: Arc<str>,
+        top: &StreamPosition,
+    ) {
+        let Some(handler) = self.handler() else {
+            return;
+        };
+        self.diverged.fetch_add(1, Ordering::Relaxed);
+        // The epoch first: a client told now resubscribes at once, and must find it.
+        let now = match self.commands.bump_epoch(room, &followed).await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "the room's stream lost publications this node delivered; changing its epoch failed");
+                handler.on_lost(room);
+                positions.insert(room.clone(), RoomPosition::at(top.offset, &top.epoch, true));
+                return;
+            }
+        };
+        handler.on_lost(room);
+        tracing::warn!(%room, epoch = %followed, new_epoch = %now.epoch, top = now.offset,
+            "the room's stream lost publications this node delivered: it has a new epoch, and its clients are told");
+        let position = if now.epoch.is_empty() {
+            RoomPosition::at(0, "", false)
+        } else {
+            RoomPosition {
+                retired: Some(followed),
+                ..RoomPosition::at(now.offset, &now.epoch, true)
+            }
+        };
+        positions.insert(room.clone(), position);
     }
 }
 
@@ -448,13 +501,6 @@ fn rewind_to_dropped(positions: &mut Positions, room: &Arc<str>, dropped: Droppe
         Some(p) => !p.delivered && *p.epoch == *epoch && first <= p.offset,
     };
     if rewind {
-        positions.insert(
-            room.clone(),
-            RoomPosition {
-                offset: first - 1,
-                epoch,
-                delivered: true,
-            },
-        );
+        positions.insert(room.clone(), RoomPosition::at(first - 1, &epoch, true));
     }
 }

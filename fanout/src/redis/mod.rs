@@ -185,6 +185,7 @@ impl Broker for RedisBroker {
             command_errors: self.commands.error_count(),
             pubsub_reconnects: self.subscriptions.reconnect_count(),
             gap_repairs: self.delivery.repairs(),
+            diverged_streams: self.delivery.diverged_streams(),
             dropped_messages: self.delivery.dropped(),
             presence_refreshes,
             presence_refresh_seconds,

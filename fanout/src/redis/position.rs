@@ -1,7 +1,8 @@
 //! Where a delivery worker stands in each room's stream, and the pure decisions
 //! made from it: what to do with a publication ([`step`]), recording a delivery
-//! ([`advance`]), whether a repair read is whole ([`covers`]), and what a resync
-//! does with the page it read ([`plan_resync`]).
+//! ([`advance`]), whether a repair read is whole ([`covers`]), what a resync
+//! does with the page it read ([`plan_resync`]), and whether the stream lost what
+//! the node had delivered from it ([`check_entry`], [`diverged`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,61 @@ pub(super) struct RoomPosition {
     /// still arrive from pub/sub and are delivered (subscribers drop what they
     /// already have), not skipped.
     pub(super) delivered: bool,
+    /// The [`digest`] of the publication at `offset` as pub/sub carried it, or 0
+    /// when not known (a baseline, or a position reached by a stream read). A
+    /// resync compares it with the stream's entry at `offset`: another entry there
+    /// means the stream lost what the node delivered (a failover to a replica that
+    /// had not received it, a restart from an older copy) and gave its offsets to
+    /// other publications.
+    pub(super) digest: u64,
+    /// The epoch this node retired when it found the stream diverged: its
+    /// publications still in flight are skipped, not taken for another loss.
+    pub(super) retired: Option<Arc<str>>,
+}
+
+impl RoomPosition {
+    /// A position without a digest or a retired epoch.
+    pub(super) fn at(offset: u64, epoch: &str, delivered: bool) -> RoomPosition {
+        RoomPosition {
+            offset,
+            epoch: epoch.into(),
+            delivered,
+            digest: 0,
+            retired: None,
+        }
+    }
+}
+
+/// A digest of a publication's envelope (the stream entry's `d` field, and the
+/// body of its pub/sub message), never 0. Compared only within one process.
+pub(super) fn digest(envelope: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default()
+        .hash_one(envelope)
+        .max(1)
+}
+
+/// Whether a resync must read the stream's entry at the known position to see
+/// that it is still the publication delivered there: the stream is in the same
+/// epoch, reaches the position, and the node knows what it delivered there.
+pub(super) fn check_entry(known: &RoomPosition, top: &StreamPosition) -> bool {
+    known.delivered
+        && known.digest != 0
+        && known.offset > 0
+        && *known.epoch == *top.epoch
+        && top.offset >= known.offset
+}
+
+/// Whether the stream lost publications it had given the node (delivered, or the
+/// top a baseline was taken at), in the same epoch: its top is below the node's
+/// position, or (`entry`: the digest of the
+/// stream's entry at the position, read when [`check_entry`] asked) another
+/// publication sits there. A missing entry (trimmed) proves nothing.
+pub(super) fn diverged(known: &RoomPosition, top: &StreamPosition, entry: Option<u64>) -> bool {
+    if known.epoch.is_empty() || *known.epoch != *top.epoch {
+        return false;
+    }
+    top.offset < known.offset || entry.is_some_and(|d| known.digest != 0 && d != known.digest)
 }
 
 /// What to do with a publication, given the room's position.
@@ -45,7 +101,13 @@ pub(super) fn step(p: Option<&RoomPosition>, offset: u64, epoch: &str) -> Step {
                 Step::Repair(0)
             }
         }
-        Some(p) if *p.epoch != *epoch => Step::Lost,
+        Some(p) if *p.epoch != *epoch => {
+            if p.retired.as_deref() == Some(epoch) {
+                Step::Skip
+            } else {
+                Step::Lost
+            }
+        }
         Some(p) if offset <= p.offset => {
             if p.delivered {
                 Step::Skip
@@ -58,23 +120,30 @@ pub(super) fn step(p: Option<&RoomPosition>, offset: u64, epoch: &str) -> Step {
     }
 }
 
-/// Record that `offset` of `epoch` was delivered.
-pub(super) fn advance(positions: &mut Positions, room: &Arc<str>, offset: u64, epoch: &str) {
+/// Record that `offset` of `epoch` was delivered; `digest` is that publication's
+/// [`digest`], or 0 when not known.
+pub(super) fn advance(
+    positions: &mut Positions,
+    room: &Arc<str>,
+    offset: u64,
+    epoch: &str,
+    digest: u64,
+) {
     match positions.get_mut(room) {
         // The common case: no allocation per message.
         Some(p) if *p.epoch == *epoch => {
             if offset > p.offset {
                 p.offset = offset;
                 p.delivered = true;
+                p.digest = digest;
             }
         }
         _ => {
             positions.insert(
                 room.clone(),
                 RoomPosition {
-                    offset,
-                    epoch: epoch.into(),
-                    delivered: true,
+                    digest,
+                    ..RoomPosition::at(offset, epoch, true)
                 },
             );
         }
@@ -168,11 +237,7 @@ mod tests {
     use shared::protocol::raw_from_slice;
 
     fn pos(offset: u64, epoch: &str, delivered: bool) -> RoomPosition {
-        RoomPosition {
-            offset,
-            epoch: epoch.into(),
-            delivered,
-        }
+        RoomPosition::at(offset, epoch, delivered)
     }
 
     fn publication(offset: u64) -> Arc<Publication> {
@@ -217,6 +282,17 @@ mod tests {
     }
 
     #[test]
+    fn step_in_the_epoch_this_node_retired_skips() {
+        let p = RoomPosition {
+            retired: Some("a".into()),
+            ..pos(9, "b", true)
+        };
+        assert_eq!(step(Some(&p), 8, "a"), Step::Skip);
+        assert_eq!(step(Some(&p), 10, "b"), Step::Deliver);
+        assert_eq!(step(Some(&p), 10, "c"), Step::Lost);
+    }
+
+    #[test]
     fn step_at_or_below_a_delivered_offset_skips() {
         let p = pos(5, "e", true);
         assert_eq!(step(Some(&p), 5, "e"), Step::Skip);
@@ -245,7 +321,7 @@ mod tests {
     fn advance_records_a_first_delivery() {
         let room: Arc<str> = "r".into();
         let mut positions = Positions::new();
-        advance(&mut positions, &room, 3, "e");
+        advance(&mut positions, &room, 3, "e", 0);
         assert_eq!(positions[&room], pos(3, "e", true));
     }
 
@@ -253,7 +329,7 @@ mod tests {
     fn advance_moves_forward_and_marks_delivered() {
         let room: Arc<str> = "r".into();
         let mut positions = Positions::from([(room.clone(), pos(3, "e", false))]);
-        advance(&mut positions, &room, 4, "e");
+        advance(&mut positions, &room, 4, "e", 0);
         assert_eq!(positions[&room], pos(4, "e", true));
     }
 
@@ -261,9 +337,9 @@ mod tests {
     fn advance_never_moves_back() {
         let room: Arc<str> = "r".into();
         let mut positions = Positions::from([(room.clone(), pos(5, "e", false))]);
-        advance(&mut positions, &room, 4, "e");
+        advance(&mut positions, &room, 4, "e", 0);
         assert_eq!(positions[&room], pos(5, "e", false));
-        advance(&mut positions, &room, 5, "e");
+        advance(&mut positions, &room, 5, "e", 0);
         assert_eq!(positions[&room], pos(5, "e", false));
     }
 
@@ -271,8 +347,87 @@ mod tests {
     fn advance_into_another_epoch_replaces_the_position() {
         let room: Arc<str> = "r".into();
         let mut positions = Positions::from([(room.clone(), pos(9, "a", true))]);
-        advance(&mut positions, &room, 2, "b");
+        advance(&mut positions, &room, 2, "b", 0);
         assert_eq!(positions[&room], pos(2, "b", true));
+    }
+
+    #[test]
+    fn advance_keeps_the_digest_of_the_publication_at_the_position() {
+        let room: Arc<str> = "r".into();
+        let mut positions = Positions::new();
+        advance(&mut positions, &room, 3, "e", 33);
+        advance(&mut positions, &room, 4, "e", 44);
+        assert_eq!(positions[&room].digest, 44);
+        advance(&mut positions, &room, 2, "e", 22);
+        assert_eq!(positions[&room].digest, 44, "not moved back");
+    }
+
+    fn top(offset: u64, epoch: &str) -> StreamPosition {
+        StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+
+    fn known(offset: u64, digest: u64) -> RoomPosition {
+        RoomPosition {
+            digest,
+            ..pos(offset, "e", true)
+        }
+    }
+
+    #[test]
+    fn the_entry_is_checked_only_where_the_stream_reaches_a_known_delivery() {
+        assert!(check_entry(&known(5, 7), &top(5, "e")));
+        assert!(check_entry(&known(5, 7), &top(9, "e")));
+        assert!(!check_entry(&known(5, 7), &top(4, "e")), "below: no entry");
+        assert!(!check_entry(&known(5, 7), &top(9, "x")), "another epoch");
+        assert!(!check_entry(&known(5, 0), &top(9, "e")), "digest unknown");
+        assert!(!check_entry(&pos(5, "e", false), &top(9, "e")), "baseline");
+    }
+
+    #[test]
+    fn a_stream_below_the_position_or_with_another_entry_there_diverged() {
+        assert!(diverged(&known(5, 7), &top(3, "e"), None), "top below");
+        assert!(
+            diverged(&known(5, 0), &top(3, "e"), None),
+            "top below, digest unknown"
+        );
+        assert!(
+            diverged(&known(5, 7), &top(9, "e"), Some(8)),
+            "another entry"
+        );
+        assert!(
+            !diverged(&known(5, 7), &top(9, "e"), Some(7)),
+            "the same entry"
+        );
+        assert!(
+            !diverged(&known(5, 7), &top(9, "e"), None),
+            "trimmed: unknown"
+        );
+        assert!(
+            !diverged(&known(5, 0), &top(9, "e"), Some(8)),
+            "digest unknown"
+        );
+        assert!(
+            !diverged(&known(5, 7), &top(3, "x"), None),
+            "another epoch: lost, not diverged"
+        );
+        assert!(
+            diverged(&pos(5, "e", false), &top(3, "e"), None),
+            "below a baseline"
+        );
+        assert!(
+            !diverged(&pos(5, "e", false), &top(9, "e"), Some(8)),
+            "at a baseline"
+        );
+    }
+
+    #[test]
+    fn digests_tell_envelopes_apart_and_are_never_zero() {
+        assert_eq!(digest(b"abc"), digest(b"abc"));
+        assert_ne!(digest(b"abc"), digest(b"abd"));
+        assert_ne!(digest(b""), 0);
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub(super) struct Scripts {
     /// ARGV: 1 new epoch ("" = do not create), 2 meta ttl, 3 since offset, 4 since epoch,
     /// 5 count (-1 all, 0 none), 6 reverse (1/0), 7 since given (1/0).
     pub(super) history: Script,
+    /// KEYS: meta hash. ARGV: 1 the epoch the node followed, 2 a new epoch.
+    /// Replaces the epoch when it is still ARGV[1]; returns `{epoch, top}` ("" for
+    /// the epoch when the room has no stream).
+    pub(super) epoch_bump: Script,
     /// The presence scripts take KEYS: entries, expiries, user counts.
     /// Put presence entries of one room: ARGV[1] is the TTL in seconds, then client
     /// id, user and info triples. Used for one new entry and for a node's periodic
@@ -38,6 +42,7 @@ impl Scripts {
         Scripts {
             publish: Script::new(include_str!("lua/publish.lua")),
             history: Script::new(include_str!("lua/history.lua")),
+            epoch_bump: Script::new(include_str!("lua/epoch_bump.lua")),
             presence_add: Script::new(include_str!("lua/presence_add.lua")),
             presence_remove: Script::new(include_str!("lua/presence_remove.lua")),
             presence_get: Script::new(concat!(

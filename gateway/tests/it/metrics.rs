@@ -207,6 +207,7 @@ async fn redis_metrics_count_a_restart() {
     assert_eq!(value(&m, "gateway_redis_command_errors_total", &[]), 0.0);
     assert_eq!(value(&m, "gateway_redis_pubsub_reconnects_total", &[]), 0.0);
     assert_eq!(value(&m, "gateway_redis_dropped_messages_total", &[]), 0.0);
+    assert_eq!(value(&m, "gateway_redis_diverged_streams_total", &[]), 0.0);
     let refreshes = "gateway_redis_presence_refresh_duration_seconds_count";
     assert!(value(&m, refreshes, &[]) >= 1.0, "one round at start");
 
