@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, ORIGIN, VARY};
 use hyper::{Method, Request, Response, StatusCode};
 use shared::auth::{mint_hs256, unix_now, MintClaims};
 
@@ -128,11 +128,17 @@ fn page_config(node: &Node) -> Response<Body> {
 
 /// `POST /demo/token` with the form body `user=<nickname>`: a connection token for
 /// that user, valid `demo.token_ttl`. A form body needs no CORS preflight, so a
-/// page moved to another node's endpoint can still ask that node.
+/// page moved to another node's endpoint can still ask that node. A browser
+/// request from an origin the node would refuse a WebSocket from is refused
+/// (403): another website open in the developer's browser gets no token.
 async fn mint(node: &Node, req: Request<Incoming>) -> Response<Body> {
     let Some(secret) = node.config.demo_mint_secret() else {
         return not_found();
     };
+    if !crate::server::origin_allowed(node, &req) {
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    let origin = req.headers().get(ORIGIN).cloned();
     let body = match Limited::new(req.into_body(), MAX_TOKEN_BODY_BYTES)
         .collect()
         .await
@@ -142,13 +148,19 @@ async fn mint(node: &Node, req: Request<Incoming>) -> Response<Body> {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return token_error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 1 KiB");
+            let r = token_error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 1 KiB");
+            return allow_origin(r, origin);
         }
-        Err(_) => return token_error(StatusCode::BAD_REQUEST, "unreadable body"),
+        Err(_) => {
+            return allow_origin(
+                token_error(StatusCode::BAD_REQUEST, "unreadable body"),
+                origin,
+            )
+        }
     };
     let user = match nickname_from_form(&body) {
         Ok(u) => u,
-        Err(why) => return token_error(StatusCode::BAD_REQUEST, why),
+        Err(why) => return allow_origin(token_error(StatusCode::BAD_REQUEST, why), origin),
     };
     let ttl = node.config.demo.token_ttl.as_secs();
     let token = mint_hs256(
@@ -164,9 +176,18 @@ async fn mint(node: &Node, req: Request<Incoming>) -> Response<Body> {
         StatusCode::OK,
         &serde_json::json!({"token": token, "user": user, "expires_in": ttl}),
     );
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    allow_origin(r, origin)
+}
+
+/// Let the page that asked (an allowed origin) read the answer.
+fn allow_origin(mut r: Response<Body>, origin: Option<HeaderValue>) -> Response<Body> {
     let h = r.headers_mut();
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(VARY, HeaderValue::from_static("origin"));
+    if let Some(o) = origin {
+        h.insert("access-control-allow-origin", o);
+    }
     r
 }
 
@@ -222,12 +243,9 @@ fn not_found() -> Response<Body> {
     text(StatusCode::NOT_FOUND, "not found\n")
 }
 
-/// A token request refused: `{"error": why}`, readable by any origin.
+/// A token request refused: `{"error": why}`.
 fn token_error(status: StatusCode, why: &str) -> Response<Body> {
-    let mut r = json(status, &serde_json::json!({ "error": why }));
-    r.headers_mut()
-        .insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    r
+    json(status, &serde_json::json!({ "error": why }))
 }
 
 #[cfg(test)]

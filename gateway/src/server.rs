@@ -305,8 +305,9 @@ fn metrics(node: &Node) -> Response<Body> {
         .expect("bug: static response")
 }
 
-/// Whether the request's Origin (if any) is allowed.
-fn origin_allowed(node: &Node, req: &Request<Incoming>) -> bool {
+/// Whether the request's Origin (if any) is allowed: listed in
+/// `client.allowed_origins`, or the host the request went to.
+pub(crate) fn origin_allowed(node: &Node, req: &Request<Incoming>) -> bool {
     let Some(origin) = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok()) else {
         return true;
     };

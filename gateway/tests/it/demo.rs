@@ -190,10 +190,34 @@ async fn the_token_endpoint_mints_for_valid_nicknames_only() {
         let (status, headers, v) = ask_token(gw.addr, body).await;
         assert_eq!(status, 400, "{:?}: {v}", String::from_utf8_lossy(body));
         assert!(v["error"].is_string(), "{v}");
-        assert!(headers
+        assert!(!headers
             .iter()
-            .any(|(k, v)| k == "access-control-allow-origin" && v == "*"));
+            .any(|(k, _)| k == "access-control-allow-origin"));
     }
+    // A page of this node may read its token; another website may not get one.
+    let own = format!("http://{}", gw.addr);
+    let (status, headers, _) = http_post(
+        gw.addr,
+        "/demo/token",
+        &[FORM, ("origin", own.as_str())],
+        b"user=alice",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "access-control-allow-origin" && *v == own));
+    let (status, headers, _) = http_post(
+        gw.addr,
+        "/demo/token",
+        &[FORM, ("origin", "http://evil.example")],
+        b"user=alice",
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(!headers
+        .iter()
+        .any(|(k, _)| k == "access-control-allow-origin"));
     let big = format!("user=alice&pad={}", "x".repeat(2048));
     assert_eq!(ask_token(gw.addr, big.as_bytes()).await.0, 413);
     let (status, headers, _) = http_request(gw.addr, "GET", "/demo/token", &[], b"").await;

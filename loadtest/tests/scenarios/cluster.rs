@@ -260,7 +260,11 @@ async fn cluster_passes_report_to_the_scenario_whose_file_adds_up_to_the_json() 
         .descendants()
         .find(|n| n.has_tag_name("th") && n.text() == Some("command"))
         .and_then(|th| th.next_sibling_element())
-        .map(|td| td.descendants().filter_map(|n| n.text()).collect::<String>())
+        .map(|td| {
+            td.descendants()
+                .filter_map(|n| n.text())
+                .collect::<String>()
+        })
         .expect("the command row");
     assert!(command.contains("--subscribers 10"), "{command}");
     assert!(
