@@ -3,7 +3,7 @@
 //! a dropped message) from the stream, or reports the room lost. A resync that
 //! finds the stream lost what the node delivered (a failover or a restart from an
 //! older copy) gives the room a new epoch, so that every client is told
-//! (`Delivery::diverged`). What to do is decided by the pure functions of
+//! (`Delivery::retire_epoch`). What to do is decided by the pure functions of
 //! [`super::position`]; this code reads history and acts on it.
 
 use std::collections::HashMap;
