@@ -159,6 +159,14 @@ pub trait Broker: Send + Sync + 'static {
         None
     }
 
+    /// Whether publishes handed over while earlier ones are still in flight reach
+    /// the store in the order they were handed over, a lost connection included.
+    /// Where not (a Redis Cluster, whose client retries a failed master's commands
+    /// by itself), a caller that needs one sender's order keeps one in flight.
+    fn keeps_publish_order(&self) -> bool {
+        true
+    }
+
     /// Start receiving `room`'s events on this node. Idempotent: resolves once the
     /// subscription is active, so a caller may read history afterwards without a gap.
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError>;

@@ -179,6 +179,12 @@ impl Broker for RedisBroker {
         self.commands.is_healthy() && self.subscriptions.all_connected()
     }
 
+    /// On one server or behind Sentinel the publish gate keeps the order
+    /// (`order.rs`); a Cluster's client retries on its own, in any order.
+    fn keeps_publish_order(&self) -> bool {
+        !self.commands.is_cluster()
+    }
+
     fn stats(&self) -> Option<BrokerStats> {
         let (presence_refreshes, presence_refresh_seconds) = self.presence.refresh_stats();
         Some(BrokerStats {

@@ -162,14 +162,16 @@ impl Conn {
     }
 
     /// How many of this connection's publishes may be in flight now:
-    /// `client.max_publishes_in_flight`, or one while the node is saturated.
+    /// `client.max_publishes_in_flight`, or one while the node is saturated, and
+    /// always one on a broker that cannot keep the order of publishes in flight
+    /// through a failure (a Redis Cluster's master failover).
     /// Pipelining lets one connection publish faster than a round trip allows
     /// when the node has CPU to spare; a saturated node would only take in
     /// publications faster than it delivers them, moving the backlog from the
     /// senders' sockets into its own queues, past the rooms' history (so that
     /// reconnecting clients could no longer recover).
     pub(crate) fn max_in_flight(&self) -> usize {
-        if self.node.load.is_busy() {
+        if self.node.load.is_busy() || !self.node.broker.keeps_publish_order() {
             1
         } else {
             self.node.config.client.max_publishes_in_flight

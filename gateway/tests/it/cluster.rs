@@ -417,3 +417,56 @@ async fn control_commands_and_the_node_registry_span_nodes() {
     })
     .await;
 }
+
+/// Pauses in reading a connection because its publish pipeline was full.
+fn read_pauses(gw: &TestGateway) -> f64 {
+    let text = gw.node.metrics.render(Default::default());
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid exposition");
+    crate::metrics::value(&scrape, "gateway_read_pauses_total", &[])
+}
+
+/// Eight publishes of one connection in one frame, below
+/// `client.max_publishes_in_flight` (16): on one Redis they are all in flight at
+/// once; on a Redis Cluster, whose client retries a failed master's commands in
+/// any order, they go one at a time (the socket waits: read pauses), so that a
+/// failover cannot swap them. Answered in order either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_connections_publishes_go_one_at_a_time() {
+    let server = RedisServer::start();
+    let cluster = RedisCluster::start(3);
+    for (url, one_at_a_time) in [(server.url(), false), (cluster.url(), true)] {
+        let gw = TestGateway::on_redis(&url, |c| c.client.publish_rate_per_sec = 0).await;
+        assert_eq!(gw.node.broker.keeps_publish_order(), !one_at_a_time);
+        let mut p = gw.client("p").await;
+        p.subscribe("ordered").await;
+        let frame: Vec<String> = (1..=8)
+            .map(|id| {
+                json!({"id": 100 + id, "publish": {"channel": "ordered", "data": {"n": id}}})
+                    .to_string()
+            })
+            .collect();
+        p.send_text(&frame.join("\n")).await;
+        let (mut replies, mut pubs) = (Vec::new(), Vec::new());
+        while replies.len() < 8 || pubs.len() < 8 {
+            match p.next().await {
+                Msg::Json(v) if v.get("push").is_some() => {
+                    pubs.push(v["push"]["pub"]["data"]["n"].clone())
+                }
+                Msg::Json(v) => {
+                    assert_eq!(v["publish"], json!({}), "{url}: {v}");
+                    replies.push(v["id"].clone());
+                }
+                Msg::Close(code, why) => panic!("{url}: closed {code} {why}"),
+            }
+        }
+        assert_eq!(
+            replies,
+            (101..=108).map(|i| json!(i)).collect::<Vec<_>>(),
+            "{url}"
+        );
+        assert_eq!(pubs, (1..=8).map(|i| json!(i)).collect::<Vec<_>>(), "{url}");
+        let pauses = read_pauses(&gw);
+        assert_eq!(pauses > 0.0, one_at_a_time, "{url}: {pauses} read pauses");
+    }
+}
