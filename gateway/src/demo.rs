@@ -135,7 +135,7 @@ async fn mint(node: &Node, req: Request<Incoming>) -> Response<Body> {
     let Some(secret) = node.config.demo_mint_secret() else {
         return not_found();
     };
-    if !crate::server::origin_allowed(node, &req) {
+    if !crate::origin::origin_allowed(node, &req) {
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     let origin = req.headers().get(ORIGIN).cloned();

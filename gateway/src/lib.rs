@@ -6,6 +6,7 @@
 //! - `server`: the HTTP server, WebSocket upgrade, health endpoints, drain.
 //! - `api`: the server HTTP API (`/api/<method>`), a file per method family.
 //! - `demo`: the demo chat page, its embedded files and the demo token endpoint.
+//! - `origin`: which browser origins the node accepts (upgrade, demo tokens).
 //! - `ws`: the one task of a WebSocket: reads, commands, writes, timers.
 //! - `frame`: the WebSocket frame reader (no buffer while a connection is idle).
 //! - `conn`: one connection's session and its commands, a file per family.
@@ -31,6 +32,7 @@ mod hub;
 mod load;
 mod metrics;
 mod node;
+mod origin;
 mod outbound;
 mod proxy;
 mod server;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::API_PREFIX;
 use crate::metrics::{HubCounts, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::node::Node;
+use crate::origin::origin_allowed;
 
 /// The WebSocket endpoint, as in Centrifugo.
 pub const WEBSOCKET_PATH: &str = "/connection/websocket";
@@ -303,27 +304,6 @@ fn metrics(node: &Node) -> Response<Body> {
         .header("content-type", METRICS_CONTENT_TYPE)
         .body(Full::new(Bytes::from(node.metrics.render(hub))))
         .expect("bug: static response")
-}
-
-/// Whether the request's Origin (if any) is allowed: listed in
-/// `client.allowed_origins`, or the host the request went to.
-pub(crate) fn origin_allowed(node: &Node, req: &Request<Incoming>) -> bool {
-    let Some(origin) = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    let allowed = &node.config.client.allowed_origins;
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    // Same origin: the page was served from the host the socket goes to.
-    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-    req.headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
 }
 
 fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
