@@ -65,6 +65,9 @@ pub struct Node {
     pub id: String,
     /// HTTP connections not upgraded (yet), against `http.max_pending_connections`.
     pub(crate) http_pending: AtomicUsize,
+    /// WebSocket connections admitted, from the upgrade request until the
+    /// connection's teardown, against `client.max_connections`.
+    clients: AtomicUsize,
     ready: AtomicBool,
 }
 
@@ -96,6 +99,7 @@ impl Node {
             started: Instant::now(),
             id,
             http_pending: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
             ready: AtomicBool::new(true),
             drain_total: AtomicUsize::new(0),
             drain_taken: AtomicUsize::new(0),
@@ -354,5 +358,26 @@ async fn unsubscribe_idle_rooms(node: Arc<Node>) {
                 }
             }
         }
+    }
+}
+
+impl Node {
+    /// Admit one more WebSocket connection if `client.max_connections` allows:
+    /// taken at the upgrade request, before anything is awaited, so that a storm
+    /// of concurrent upgrades cannot overshoot the limit. Each `true` is matched
+    /// by one [`Node::release_connection`].
+    pub(crate) fn admit_connection(&self) -> bool {
+        let max = self.config.client.max_connections;
+        self.clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A connection admitted by [`Node::admit_connection`] ended (or its upgrade
+    /// failed).
+    pub(crate) fn release_connection(&self) {
+        self.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }

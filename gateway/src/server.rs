@@ -330,13 +330,6 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             "only the JSON protocol (centrifuge-json) is served\n",
         );
     }
-    if node.metrics.connections.get().max(0) as usize >= node.config.client.max_connections {
-        node.metrics.connects_refused.inc();
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection limit reached\n",
-        );
-    }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(v) => v,
         Err(e) => {
@@ -344,6 +337,14 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             return text(StatusCode::BAD_REQUEST, "bad upgrade request\n");
         }
     };
+    // Released by the connection's teardown, or below if the upgrade fails.
+    if !node.admit_connection() {
+        node.metrics.connects_refused.inc();
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached\n",
+        );
+    }
     let headers = node
         .proxy
         .as_ref()
@@ -352,7 +353,10 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     tasks.spawn(async move {
         match fut.await {
             Ok(ws) => crate::ws::serve(node, ws, headers).await,
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                node.release_connection();
+            }
         }
     });
     let (mut parts, _) = response.into_parts();

@@ -99,6 +99,7 @@ impl Drop for TeardownGuard {
 async fn teardown(conn: Arc<Conn>) {
     conn.teardown().await;
     conn.node.metrics.connections.dec();
+    conn.node.release_connection();
 }
 
 /// How far the client's side of the stream can still be read.
